@@ -1,0 +1,94 @@
+"""Linear feature baseline (rllab), GAE and per-task advantage standardisation.
+
+All functions work on a whole meta-batch at once: tensors are (T tasks, N trajectories,
+H steps) with a validity mask, and each task gets its own baseline fit, solved as one
+batched linear system.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def baseline_features(obs: Tensor, clip_obs: float | None = None) -> Tensor:
+    """[o, o^2, t, t^2, t^3, 1] with t = step/100, per step of (T, N, H, obs) observations."""
+    if clip_obs is not None:
+        obs = obs.clamp(-clip_obs, clip_obs)
+    T, N, H, _ = obs.shape
+    t = (torch.arange(H, dtype=obs.dtype, device=obs.device) / 100.0).view(1, 1, H, 1).expand(T, N, H, 1)
+    return torch.cat([obs, obs.pow(2), t, t.pow(2), t.pow(3), torch.ones_like(t)], dim=-1)
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """Reward-to-go along the last axis; steps after an episode's end contribute nothing."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = (rewards[..., t] + gamma * running) * mask[..., t]
+        out[..., t] = running
+    return out
+
+
+def fit_linear_baseline(
+    obs: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    reg: float = 1e-5,
+    clip_obs: float | None = None,
+) -> Tensor:
+    """Per-task ridge regression of returns on the features; returns values (T, N, H).
+
+    As in rllab, the regulariser is multiplied by 10 (up to 5 times) while the solve is
+    not finite. The solve is in float64: the normal equations of these features are
+    badly conditioned in float32.
+    """
+    feats = baseline_features(obs, clip_obs).double()
+    T, F = feats.shape[0], feats.shape[-1]
+    x = (feats * mask.double().unsqueeze(-1)).reshape(T, -1, F)
+    y = (returns.double() * mask.double()).reshape(T, -1, 1)
+    xtx, xty = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
+    eye = torch.eye(F, dtype=torch.float64, device=obs.device)
+    for _ in range(5):
+        coef = torch.linalg.solve(xtx + reg * eye, xty)
+        if torch.isfinite(coef).all():
+            break
+        reg *= 10
+    return (feats @ coef.unsqueeze(1)).squeeze(-1).to(returns.dtype)
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalised advantage estimates; the value after an episode's last step is 0."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    next_value = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        m = mask[..., t]
+        delta = rewards[..., t] + gamma * next_value - values[..., t]
+        running = (delta + gamma * lam * running) * m
+        adv[..., t] = running
+        next_value = values[..., t] * m
+    return adv
+
+
+def standardize_per_task(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Zero mean, unit std over each task's valid steps (dim 0 indexes tasks)."""
+    dims = tuple(range(1, adv.dim()))
+    count = mask.sum(dims, keepdim=True)
+    mean = (adv * mask).sum(dims, keepdim=True) / count
+    var = ((adv - mean).pow(2) * mask).sum(dims, keepdim=True) / count
+    return (adv - mean) / (var.sqrt() + eps) * mask
+
+
+def advantages(
+    obs: Tensor,
+    rewards: Tensor,
+    mask: Tensor,
+    gamma: float,
+    lam: float,
+    reg: float = 1e-5,
+    clip_obs: float | None = None,
+) -> Tensor:
+    """Fit each task's baseline on its own batch, then standardised GAE on that batch."""
+    values = fit_linear_baseline(obs, discounted_returns(rewards, mask, gamma), mask, reg, clip_obs)
+    return standardize_per_task(gae(rewards, values * mask, mask, gamma, lam), mask)

@@ -1,0 +1,178 @@
+"""YAML run configs: defaults, overrides and validation.
+
+A config is a nested dict checked against the defaults of its `kind` (rl or
+classification): unknown keys and wrong types are errors, never silently ignored, so a
+typo cannot turn into a run with a different setting than the user wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metarl.errors import UserError
+
+# A default of None means "any of these types" per OPTIONAL below; otherwise the
+# default's own type is required (an int is accepted where a float is expected).
+RL_DEFAULTS: dict[str, Any] = {
+    "kind": "rl",
+    "seed": 0,
+    "env": {"name": "navigation2d", "horizon": 100, "settings": {}},
+    "policy": {
+        "hidden_sizes": [64, 64],
+        "activation": "tanh",
+        "init_std": 1.0,
+        "min_std": 1e-6,
+        "adapt_log_std": True,
+    },
+    "adaptation": {"spec": "head", "inner_lr": 0.1, "inner_steps": 1, "first_order": False},
+    "training": {
+        "outer": "trpo",
+        "iterations": 500,
+        "meta_batch_size": 20,
+        "trajectories_per_task": 20,
+        "gamma": 0.99,
+        "gae_lambda": 1.0,
+        "max_kl": 0.01,
+        "cg_iters": 10,
+        "cg_damping": 1e-5,
+        "ls_backtrack_ratio": 0.8,
+        "ls_max_steps": 15,
+        "outer_lr": 1e-3,
+        "baseline_reg": 1e-5,
+        "baseline_clip_obs": None,
+        "torch_threads": 1,
+    },
+    "evaluation": {"tasks": 40, "inner_steps": 1, "inner_lr": None, "trajectories_per_task": 20, "seed": 1000},
+    "logging": {"checkpoint_every": 1, "snapshot_every": 50},
+}
+
+# Keys whose value may take several types (None stands for "not set").
+OPTIONAL: dict[str, tuple[type, ...]] = {
+    "adaptation.inner_lr": (float, int, list),
+    "evaluation.inner_lr": (float, int, list, type(None)),
+    "training.baseline_clip_obs": (float, int, type(None)),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "kind": ("rl", "classification"),
+    "training.outer": ("trpo", "vpg"),
+    "policy.activation": ("tanh", "relu"),
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {"rl": RL_DEFAULTS}
+
+
+def register_defaults(kind: str, defaults: dict[str, Any], optional: dict | None = None, choices: dict | None = None):
+    """Let another experiment family (classification) declare its own schema."""
+    DEFAULTS[kind] = defaults
+    OPTIONAL.update(optional or {})
+    CHOICES.update(choices or {})
+
+
+def _type_name(t: type) -> str:
+    return {type(None): "null", dict: "mapping", list: "list"}.get(t, t.__name__)
+
+
+def _check(value: Any, default: Any, key: str) -> Any:
+    allowed = OPTIONAL.get(key)
+    if allowed is None:
+        if isinstance(default, bool):
+            allowed = (bool,)
+        elif isinstance(default, float):
+            allowed = (float, int)
+        else:
+            allowed = (type(default),)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join(_type_name(t) for t in allowed)
+        raise UserError(f"config key {key!r} must be {names}, got {value!r} ({_type_name(type(value))})")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(f"config key {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def merge(defaults: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Defaults updated by overrides, validating every key and type on the way."""
+    out = copy.deepcopy(defaults)
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            raise UserError(f"unknown config key {path!r}; known keys here: {sorted(defaults)}")
+        default = defaults[key]
+        if isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                raise UserError(f"config key {path!r} must be a mapping, got {value!r}")
+            out[key] = merge(default, value, path + ".")
+        else:
+            out[key] = _check(value, default, path)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b=value` strings (values parsed as YAML) into a nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. training.iterations=10")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r} conflicts with another --set of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Read, override and validate a config; the result is complete (every key present)."""
+    raw = deep_update(read_yaml(path), parse_overrides(overrides or []))
+    if seed is not None:
+        raw["seed"] = seed
+    kind = raw.get("kind", "rl")
+    if kind not in DEFAULTS:
+        _import_kind(kind)
+    return merge(DEFAULTS[kind], raw)
+
+
+def _import_kind(kind: str) -> None:
+    if kind == "classification":
+        import classification.config  # noqa: F401  (registers its defaults)
+    if kind not in DEFAULTS:
+        raise UserError(f"config key 'kind' must be one of {sorted(CHOICES['kind'])}, got {kind!r}")
+
+
+def dump(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

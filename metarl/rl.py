@@ -1,0 +1,178 @@
+"""Meta-RL experiments: build engine, policy and learner from a config; train; evaluate."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import envs
+from metarl.adaptation import AdaptationSpec, Params, meta_parameters, step_sizes
+from metarl.algorithms import MetaLearner, OuterConfig
+from metarl.errors import UserError
+from metarl.policies import GaussianMLPPolicy
+from metarl.samplers import Episodes, sample
+
+
+def build_engine(config: dict[str, Any], **extra):
+    env = config["env"]
+    try:
+        return envs.make_batch_env(env["name"], horizon=env["horizon"], **env["settings"], **extra)
+    except TypeError as e:
+        raise UserError(f"env.settings for {env['name']!r}: {e}") from None
+
+
+def build_policy(config: dict[str, Any], engine) -> GaussianMLPPolicy:
+    p = config["policy"]
+    return GaussianMLPPolicy(
+        engine.obs_dim,
+        engine.act_dim,
+        hidden_sizes=p["hidden_sizes"],
+        activation=p["activation"],
+        init_std=p["init_std"],
+        min_std=p["min_std"],
+        adapt_log_std=p["adapt_log_std"],
+    )
+
+
+def build_learner(config: dict[str, Any], policy: GaussianMLPPolicy, spec: str | None = None) -> MetaLearner:
+    a, t = config["adaptation"], config["training"]
+    outer = OuterConfig(**{k: t[k] for k in OuterConfig.__dataclass_fields__})
+    return MetaLearner(
+        policy,
+        AdaptationSpec(spec or a["spec"]),
+        step_sizes(a["inner_lr"], a["inner_steps"]),
+        a["first_order"],
+        outer,
+    )
+
+
+def detached(params: Params) -> Params:
+    return {k: v.detach() for k, v in params.items()}
+
+
+class RLExperiment:
+    """One meta-iteration = sample, adapt, sample again, outer update."""
+
+    tensorboard_tags = {
+        "pre_return": "return/pre_adaptation",
+        "post_return": "return/post_adaptation",
+        "kl": "train/kl",
+        "surrogate_loss": "train/surrogate_loss",
+        "line_search_steps": "train/line_search_steps",
+        "transitions_per_s": "perf/transitions_per_s",
+        "iteration_s": "perf/iteration_s",
+    }
+    progress = {"pre": "pre_return", "post": "post_return"}
+
+    def __init__(self, config: dict[str, Any], rng: np.random.Generator) -> None:
+        torch.set_num_threads(config["training"]["torch_threads"])
+        self.config, self.rng = config, rng
+        self.engine = build_engine(config)
+        self.policy = build_policy(config, self.engine)
+        self.learner = build_learner(config, self.policy)
+        self.iterations = config["training"]["iterations"]
+
+    def sample_pair(self, tasks: list[dict]) -> tuple[Episodes, Episodes]:
+        """Pre-adaptation episodes, then episodes of the (first-order) adapted policies."""
+        per_task = self.config["training"]["trajectories_per_task"]
+        params = meta_parameters(self.policy)
+        pre = sample(self.engine, self.policy, params, tasks, per_task, self.rng)
+        t0 = time.perf_counter()
+        adapted = self.learner.adapt(params, pre, self.learner.advantages(pre), first_order=True)
+        self.last_adapt_s = time.perf_counter() - t0
+        post = sample(self.engine, self.policy, detached(adapted), tasks, per_task, self.rng)
+        return pre, post
+
+    def iteration(self, it: int) -> dict[str, float]:
+        tasks = self.engine.sample_tasks(self.config["training"]["meta_batch_size"], self.rng)
+        pre, post = self.sample_pair(tasks)
+        t0 = time.perf_counter()
+        metrics = self.learner.step(pre, post)
+        outer_s = time.perf_counter() - t0
+        seconds = pre.seconds + post.seconds
+        metrics.update(
+            pre_return=pre.returns().mean().item(),
+            post_return=post.returns().mean().item(),
+            transitions_per_s=(pre.transitions + post.transitions) / seconds,
+            sampling_s=seconds,
+            inner_update_s=self.last_adapt_s,
+            outer_update_s=outer_s,
+        )
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        opt = self.learner.optimizer
+        return {"policy": self.policy.state_dict(), "optimizer": opt.state_dict() if opt else None}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        if self.learner.optimizer is not None and state.get("optimizer"):
+            self.learner.optimizer.load_state_dict(state["optimizer"])
+
+
+def evaluate(
+    config: dict[str, Any],
+    policy_state: dict[str, Any],
+    adapt: str,
+    inner_steps: int,
+    tasks: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Average return over `tasks` test tasks before adaptation and after each inner step.
+
+    Each step samples fresh trajectories with the current (adapted) policy and takes one
+    inner VPG step on them, as in Finn et al. (2017).
+    """
+    torch.set_num_threads(config["training"]["torch_threads"])
+    ev = config["evaluation"]
+    engine = build_engine(config)
+    policy = build_policy(config, engine)
+    policy.load_state_dict(policy_state)
+    learner = build_learner(config, policy, spec=adapt)
+    lr = ev["inner_lr"] if ev["inner_lr"] is not None else config["adaptation"]["inner_lr"]
+    lrs = step_sizes(lr, len(lr)) if isinstance(lr, list) else step_sizes(lr, inner_steps)
+    lrs = (lrs + [lrs[-1]] * inner_steps)[:inner_steps]
+    rng = np.random.default_rng(seed)
+    task_list = engine.sample_tasks(tasks, rng)
+    params = meta_parameters(policy)
+    per_task_returns = []
+    for k in range(inner_steps + 1):
+        ep = sample(engine, policy, detached(params), task_list, ev["trajectories_per_task"], rng)
+        per_task_returns.append(ep.returns().mean(1).double())
+        if k < inner_steps:
+            params = learner.adapt(
+                params, ep, learner.advantages(ep), first_order=True, lrs=[lrs[k]], batched=k > 0
+            )
+    means = [r.mean().item() for r in per_task_returns]
+    ci = [1.96 * r.std(unbiased=True).item() / math.sqrt(tasks) if tasks > 1 else 0.0 for r in per_task_returns]
+    return {
+        "adapt": adapt,
+        "tasks": tasks,
+        "inner_steps": inner_steps,
+        "inner_lrs": lrs,
+        "seed": seed,
+        "returns": means,
+        "ci95": ci,
+    }
+
+
+def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> RLExperiment:
+    return RLExperiment(config, rng)
+
+
+def evaluate_run(config: dict[str, Any], state: dict[str, Any], args) -> dict[str, Any]:
+    """`metarl evaluate` for RL runs: CLI options override the config's evaluation section."""
+    ev = config["evaluation"]
+    adapt = args.adapt or config["adaptation"]["spec"]
+    if adapt == "nil":
+        raise UserError("--adapt nil is a classification read-out; RL runs take full, head, none or freeze:K")
+    inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
+    tasks = ev["tasks"] if args.tasks is None else args.tasks
+    if inner_steps < 0 or tasks < 1:
+        raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
+    seed = ev["seed"] if args.seed is None else args.seed
+    return evaluate(config, state["model"]["policy"], adapt, inner_steps, tasks, seed)

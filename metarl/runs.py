@@ -1,0 +1,161 @@
+"""Run directories: resolved config, TensorBoard events, metrics file and checkpoints.
+
+Layout of a run directory:
+    config.yaml          the exact, complete config the run used
+    metrics.jsonl        one JSON object per iteration, for scripts
+    tb/                  TensorBoard events
+    checkpoint.pt        the latest state (written atomically: temp file, then rename)
+    snapshots/iter_N.pt  kept copies at `logging.snapshot_every`, for analysis over training
+
+A checkpoint holds model, optimiser, iteration and every RNG state, so a run killed at
+any moment resumes from its last checkpoint and continues as if never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.config import dump, merge, read_yaml
+from metarl.errors import UserError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call `write(file)` on a temp file in `path`'s directory, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        "numpy_generator": rng.bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy_global": np.random.get_state(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
+    rng.bit_generator.state = state["numpy_generator"]
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy_global"])
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """One seed fixes tasks, sampling noise and initialisation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+class RunDir:
+    """A run's files; creating one for a new run refuses to overwrite another run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict[str, Any]) -> RunDir:
+        run = cls(path)
+        if (run.path / CHECKPOINT).exists() or (run.path / "config.yaml").exists():
+            raise UserError(f"run directory {str(run.path)!r} already holds a run; use --resume or another --out")
+        run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run.path / "config.yaml", lambda f: f.write(dump(config).encode()))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        if not run.path.is_dir():
+            raise UserError(f"run directory {str(run.path)!r} does not exist")
+        if not (run.path / "config.yaml").is_file():
+            raise UserError(f"{str(run.path)!r} is not a run directory (no config.yaml)")
+        return run
+
+    def config(self) -> dict[str, Any]:
+        from metarl.config import DEFAULTS, _import_kind
+
+        raw = read_yaml(self.path / "config.yaml")
+        kind = raw.get("kind", "rl")
+        if kind not in DEFAULTS:
+            _import_kind(kind)
+        return merge(DEFAULTS[kind], raw)
+
+    def save_checkpoint(self, state: dict[str, Any], snapshot: bool = False) -> None:
+        atomic_write_bytes(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+        if snapshot:
+            name = f"iter_{state['iteration']:06d}.pt"
+            atomic_write_bytes(self.path / "snapshots" / name, lambda f: torch.save(state, f))
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file()
+
+    def load_checkpoint(self, path: str | Path | None = None) -> dict[str, Any]:
+        path = Path(path) if path else self.path / CHECKPOINT
+        if not path.is_file():
+            raise UserError(f"{str(self.path)!r} has no checkpoint ({path.name}); train it first")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"checkpoint {str(path)!r} is corrupt or unreadable ({msg})") from None
+        if not isinstance(state, dict) or "iteration" not in state or "model" not in state:
+            raise UserError(f"checkpoint {str(path)!r} is corrupt or not a metarl checkpoint")
+        return state
+
+    def snapshots(self) -> list[Path]:
+        return sorted((self.path / "snapshots").glob("iter_*.pt"))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def truncate_metrics(self, iteration: int) -> None:
+        """Drop rows logged after the checkpoint being resumed (they will be redone)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if row.get("iteration", 0) < iteration:
+                keep.append(line)
+        atomic_write_bytes(path, lambda f: f.write("".join(x + "\n" for x in keep).encode()))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows

@@ -1,0 +1,79 @@
+"""The training loop shared by RL and classification: logging, checkpoints, resume.
+
+An experiment only says how to run one meta-iteration and what its state is; this module
+owns everything a run directory promises (TensorBoard tags, metrics file, atomic
+checkpoints with RNG states, snapshots, progress bar).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from metarl.runs import RunDir, restore_rng_state, rng_state
+
+
+class Experiment(Protocol):
+    iterations: int
+    # metric key -> TensorBoard tag, and progress-bar label -> metric key
+    tensorboard_tags: dict[str, str]
+    progress: dict[str, str]
+
+    def iteration(self, it: int) -> dict[str, float]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+def train(
+    run: RunDir,
+    exp: Experiment,
+    rng: np.random.Generator,
+    logging: dict[str, Any],
+    resume: bool = False,
+    show_progress: bool = True,
+) -> list[dict[str, float]]:
+    """Run (or continue) `exp` until its last iteration; returns this call's metric rows."""
+    start = 0
+    if resume and run.has_checkpoint():
+        state = run.load_checkpoint()
+        exp.load_state(state["model"])
+        restore_rng_state(state["rng"], rng)
+        start = state["iteration"]
+    run.truncate_metrics(start)
+    writer = SummaryWriter(str(run.path / "tb"), purge_step=start if start else None)
+    rows = []
+    bar = tqdm(
+        range(start, exp.iterations),
+        initial=start,
+        total=exp.iterations,
+        disable=not show_progress,
+        dynamic_ncols=True,
+        desc=run.path.name,
+    )
+    try:
+        for it in bar:
+            t0 = time.perf_counter()
+            metrics = exp.iteration(it)
+            metrics["iteration_s"] = time.perf_counter() - t0
+            for key, tag in exp.tensorboard_tags.items():
+                if key in metrics and math.isfinite(metrics[key]):
+                    writer.add_scalar(tag, metrics[key], it)
+            run.append_metrics({"iteration": it, **metrics})
+            rows.append(metrics)
+            bar.set_postfix({label: f"{metrics[key]:.3g}" for label, key in exp.progress.items()})
+            done = it + 1
+            if done % logging["checkpoint_every"] == 0 or done == exp.iterations:
+                writer.flush()
+                snapshot = logging["snapshot_every"] > 0 and done % logging["snapshot_every"] == 0
+                state = {"iteration": done, "model": exp.state(), "rng": rng_state(rng)}
+                run.save_checkpoint(state, snapshot=snapshot)
+    finally:
+        writer.close()
+    return rows
