@@ -1,0 +1,1 @@
+"""Analysis tools: representation similarity (CCA, SVCCA, PWCCA, CKA) between layers."""
