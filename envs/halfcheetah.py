@@ -1,0 +1,321 @@
+"""HalfCheetah-Direction and HalfCheetah-Velocity on gymnasium's half_cheetah.xml MuJoCo model.
+
+Default semantics (the most used PyTorch reproduction, see setups.md):
+- frame_skip 5, dt 0.05; forward velocity = (x_after - x_before) / dt of the root slider.
+- The policy's raw output is divided by `action_scale` (10) and clipped to the actuator
+  range [-1, 1]; that *applied control* is what MuJoCo gets and what the control cost
+  `ctrl_cost_weight * sum(control^2)` (0.05) is charged on. The action space is
+  Box(-action_scale, action_scale), the raw outputs whose applied control spans [-1, 1];
+  `action_scale=1.0` makes the raw output the control.
+- Direction: task {"direction": d}, d = -1 or +1 with probability 1/2, reward = d * velocity
+  - control cost. Velocity: task {"velocity": v}, v ~ U(velocity_range) (default [0, 2]),
+  reward = -|velocity - v| - control cost.
+- Never terminates; the single env truncates at `horizon` steps itself (no TimeLimit needed).
+- Observation (20-d): qpos[1:] (8), qvel (9), torso body position xpos (3); `obs_dim=17`
+  drops the torso position (gymnasium HalfCheetah-v5's observation). As in gym's
+  `get_body_com` after `mj_step`, xpos is MuJoCo's value from the last substep's forward
+  pass (one substep, 0.01 s, behind qpos), except right after a reset, where it is current.
+- Initial state as HalfCheetah-v5: qpos0 + U(-0.1, 0.1), qvel 0.1 * N(0, 1), drawn in that
+  order, so a seeded reset of the single env starts where HalfCheetah-v5 does.
+
+The single envs (`HalfCheetahDirEnv`, `HalfCheetahVelEnv`) define the semantics; the batched
+engines (`HalfCheetahDirBatch`, `HalfCheetahVelBatch`) step every simulation of a meta-batch
+in one `mujoco.batch.Batch` and match them bit for bit. Both take their maths from
+`_Cheetah`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gymnasium
+import mujoco
+import numpy as np
+from gymnasium import spaces
+from mujoco.batch import Batch
+
+from metarl.errors import UserError
+
+# gymnasium.envs.mujoco itself imports the renderer (and imageio); only its asset is needed
+XML_PATH = Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets" / "half_cheetah.xml"
+FRAME_SKIP = 5
+RESET_NOISE = 0.1
+DEFAULT_VELOCITY_RANGE = (0.0, 2.0)
+KINDS = ("direction", "velocity")  # also the task dicts' keys
+
+
+def sample_tasks(
+    kind: str, n: int, rng: np.random.Generator, velocity_range: tuple[float, float] = DEFAULT_VELOCITY_RANGE
+) -> list[dict]:
+    """Draw `n` tasks of family `kind`; shared by the single envs and the engines."""
+    if kind == "direction":
+        return [{"direction": float(d)} for d in rng.choice((-1.0, 1.0), size=n)]
+    if kind == "velocity":
+        low, high = velocity_range
+        return [{"velocity": float(v)} for v in rng.uniform(low, high, size=n)]
+    raise UserError(f"unknown HalfCheetah task family {kind!r}; choose one of {KINDS}")
+
+
+class _Cheetah:
+    """Settings, model and the array maths of one task family.
+
+    Every function works on the last axis, so the single env (one simulation) and the
+    engine (B simulations) run the very same numpy operations and agree bit for bit.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        ctrl_cost_weight: float,
+        obs_dim: int,
+        action_scale: float,
+        horizon: int,
+        velocity_range: tuple[float, float] | None,
+    ) -> None:
+        if obs_dim not in (17, 20):
+            raise UserError(f"HalfCheetah obs_dim must be 20 (with the torso position) or 17, not {obs_dim}")
+        if action_scale <= 0:
+            raise UserError(f"HalfCheetah action_scale must be positive, not {action_scale}")
+        if horizon < 1:
+            raise UserError(f"HalfCheetah horizon must be at least 1, not {horizon}")
+        if velocity_range is not None and kind != "velocity":
+            raise UserError("velocity_range is a setting of HalfCheetah-Velocity only")
+        velocity_range = tuple(velocity_range or DEFAULT_VELOCITY_RANGE)
+        if len(velocity_range) != 2 or velocity_range[0] > velocity_range[1]:
+            raise UserError(f"velocity_range must be (low, high) with low <= high, not {velocity_range}")
+        self.kind = kind
+        self.ctrl_cost_weight = float(ctrl_cost_weight)
+        self.obs_dim = obs_dim
+        self.action_scale = float(action_scale)
+        self.horizon = horizon
+        self.velocity_range = velocity_range
+        self.model = mujoco.MjModel.from_xml_path(str(XML_PATH))
+        self.torso = self.model.body("torso").id
+        self.dt = self.model.opt.timestep * FRAME_SKIP
+        self.act_dim = self.model.nu
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[dict]:
+        return sample_tasks(self.kind, n, rng, self.velocity_range)
+
+    def goals(self, tasks: list[dict]) -> np.ndarray:
+        """The task parameter (direction or target velocity) of each task, (n,)."""
+        try:
+            return np.array([float(task[self.kind]) for task in tasks], dtype=np.float64)
+        except KeyError as err:
+            raise UserError(f"a HalfCheetah-{self.kind} task needs the key {err}") from None
+
+    def initial_state(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(qpos, qvel), (n, nq) and (n, nv): HalfCheetah-v5's reset noise, in its order of draws."""
+        qpos = self.model.qpos0 + rng.uniform(-RESET_NOISE, RESET_NOISE, size=(n, self.model.nq))
+        qvel = RESET_NOISE * rng.standard_normal((n, self.model.nv))  # the model's initial qvel is 0
+        return qpos, qvel
+
+    def control(self, actions: np.ndarray) -> np.ndarray:
+        """Raw policy outputs -> applied control: divide by action_scale, clip to [-1, 1]."""
+        return np.clip(np.asarray(actions, dtype=np.float64) / self.action_scale, -1.0, 1.0)
+
+    def rewards(self, velocity, control: np.ndarray, goal) -> tuple:
+        """(reward, run term, control cost) from forward velocity, applied control and goal."""
+        run = goal * velocity if self.kind == "direction" else -np.abs(velocity - goal)
+        ctrl_cost = self.ctrl_cost_weight * np.sum(np.square(control), axis=-1)
+        return run - ctrl_cost, run, ctrl_cost
+
+    def observe(self, qpos: np.ndarray, qvel: np.ndarray, xpos: np.ndarray) -> np.ndarray:
+        """Observation from qpos, qvel and body positions xpos (..., nbody, 3)."""
+        parts = [qpos[..., 1:], qvel]
+        if self.obs_dim == 20:
+            parts.append(xpos[..., self.torso, :])
+        return np.concatenate(parts, axis=-1)
+
+
+class _HalfCheetahEnv(gymnasium.Env):
+    """Single-environment reference implementation with the task API.
+
+    The task stays until `reset_task` (or `reset(options={"task": ...})`) changes it; the
+    first reset draws one if none was set. `reset(options={"qpos": ..., "qvel": ...})`
+    starts from an exact state instead of the random one.
+    """
+
+    metadata = {"render_modes": [], "render_fps": 20}  # 1 / dt
+    kind: str
+
+    def __init__(
+        self,
+        ctrl_cost_weight: float = 0.05,
+        obs_dim: int = 20,
+        action_scale: float = 10.0,
+        horizon: int = 100,
+        velocity_range: tuple[float, float] | None = None,
+    ) -> None:
+        self._cheetah = _Cheetah(self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range)
+        self.model = self._cheetah.model
+        self.data = mujoco.MjData(self.model)
+        self.horizon = horizon
+        self.dt = self._cheetah.dt
+        bound = self._cheetah.action_scale
+        self.action_space = spaces.Box(-bound, bound, shape=(self._cheetah.act_dim,), dtype=np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float64)
+        self._task: dict | None = None
+        self._goal = 0.0
+        self._t = 0
+
+    @property
+    def task(self) -> dict | None:
+        return None if self._task is None else dict(self._task)
+
+    def sample_tasks(self, n: int) -> list[dict]:
+        return self._cheetah.sample_tasks(n, self.np_random)
+
+    def reset_task(self, task: dict) -> None:
+        self._goal = float(self._cheetah.goals([task])[0])
+        self._task = {self.kind: self._goal}
+
+    def _obs(self) -> np.ndarray:
+        return self._cheetah.observe(self.data.qpos, self.data.qvel, self.data.xpos)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "task" in options:
+            self.reset_task(options["task"])
+        if ("qpos" in options) != ("qvel" in options):
+            raise UserError("reset options need both 'qpos' and 'qvel' to set an exact state")
+        if "qpos" in options:
+            qpos, qvel = np.asarray(options["qpos"], np.float64), np.asarray(options["qvel"], np.float64)
+        else:
+            (qpos,), (qvel,) = self._cheetah.initial_state(1, self.np_random)
+        if self._task is None:  # drawn after the state, so the state matches HalfCheetah-v5's
+            self.reset_task(self.sample_tasks(1)[0])
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = qvel
+        mujoco.mj_forward(self.model, self.data)
+        self._t = 0
+        return self._obs(), {"x_position": float(self.data.qpos[0]), "task": self.task}
+
+    def step(self, action):
+        control = self._cheetah.control(action)
+        x_before = self.data.qpos[0]
+        self.data.ctrl[:] = control
+        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
+        velocity = (self.data.qpos[0] - x_before) / self.dt
+        reward, run, ctrl_cost = self._cheetah.rewards(velocity, control, self._goal)
+        self._t += 1
+        info = {
+            "x_position": float(self.data.qpos[0]),
+            "x_velocity": float(velocity),
+            "reward_run": float(run),
+            "reward_ctrl": -float(ctrl_cost),
+        }
+        return self._obs(), float(reward), False, self._t >= self.horizon, info
+
+
+class HalfCheetahDirEnv(_HalfCheetahEnv):
+    """Run forwards or backwards: task {"direction": +1 or -1}."""
+
+    kind = "direction"
+
+
+class HalfCheetahVelEnv(_HalfCheetahEnv):
+    """Run at a target speed: task {"velocity": v}, v ~ U(velocity_range)."""
+
+    kind = "velocity"
+
+
+class _HalfCheetahBatch:
+    """Every simulation of a meta-batch in one `mujoco.batch.Batch`: the BatchEnv engine.
+
+    `reset(tasks, per_task, rng)` draws the initial states from `rng`;
+    `reset(tasks, per_task, qpos=..., qvel=...)` starts from exact states instead (tests).
+    """
+
+    kind: str
+
+    def __init__(
+        self,
+        ctrl_cost_weight: float = 0.05,
+        obs_dim: int = 20,
+        action_scale: float = 10.0,
+        horizon: int = 100,
+        velocity_range: tuple[float, float] | None = None,
+        nthread: int | None = None,
+    ) -> None:
+        self._cheetah = _Cheetah(self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range)
+        self.obs_dim = obs_dim
+        self.act_dim = self._cheetah.act_dim
+        self.horizon = horizon
+        self.nthread = nthread or os.cpu_count() or 1
+        self._batch: Batch | None = None
+        self.goals = np.zeros(0)
+
+    @property
+    def nsim(self) -> int:
+        return 0 if self._batch is None else self._batch.nsim
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[dict]:
+        return self._cheetah.sample_tasks(n, rng)
+
+    def _resize(self, nsim: int) -> None:
+        """Make a Batch of `nsim` simulations, only when the count changes, and bind its arrays once."""
+        if self.nsim == nsim:
+            return
+        self._batch = Batch(self._cheetah.model, nsim=nsim, nthread=self.nthread)
+        self._qpos = self._batch.bind("qpos")
+        self._qvel = self._batch.bind("qvel")
+        self._ctrl = self._batch.bind("ctrl")
+        self._xpos = self._batch.bind("xpos")
+
+    def reset(
+        self,
+        tasks: list[dict],
+        per_task: int,
+        rng: np.random.Generator | None = None,
+        *,
+        qpos: np.ndarray | None = None,
+        qvel: np.ndarray | None = None,
+    ) -> np.ndarray:
+        goals = np.repeat(self._cheetah.goals(tasks), per_task)  # task-major rows
+        nsim = goals.size
+        if nsim == 0:
+            raise UserError("a HalfCheetah batch needs at least one task and one trajectory per task")
+        if qpos is None and qvel is None:
+            if rng is None:
+                raise UserError("reset needs an rng to draw initial states, or exact qpos and qvel")
+            qpos, qvel = self._cheetah.initial_state(nsim, rng)
+        elif qpos is None or qvel is None:
+            raise UserError("reset needs both qpos and qvel to set exact states")
+        model = self._cheetah.model
+        qpos = np.broadcast_to(np.asarray(qpos, np.float64), (nsim, model.nq))
+        qvel = np.broadcast_to(np.asarray(qvel, np.float64), (nsim, model.nv))
+        self._resize(nsim)
+        self._batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE)
+        self._qpos[:] = qpos
+        self._qvel[:] = qvel
+        self._batch.forward()
+        self.goals = goals
+        return self._cheetah.observe(self._qpos, self._qvel, self._xpos)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        control = self._cheetah.control(actions)
+        if control.shape != self._ctrl.shape:
+            raise ValueError(f"actions must have shape {self._ctrl.shape}, got {control.shape}")
+        x_before = self._qpos[:, 0].copy()
+        self._ctrl[:] = control
+        self._batch.step(nstep=FRAME_SKIP)
+        velocity = (self._qpos[:, 0] - x_before) / self._cheetah.dt
+        reward = self._cheetah.rewards(velocity, control, self.goals)[0]
+        obs = self._cheetah.observe(self._qpos, self._qvel, self._xpos)
+        return obs, reward, np.zeros(self.nsim, dtype=bool)
+
+
+class HalfCheetahDirBatch(_HalfCheetahBatch):
+    """Batched HalfCheetah-Direction."""
+
+    kind = "direction"
+
+
+class HalfCheetahVelBatch(_HalfCheetahBatch):
+    """Batched HalfCheetah-Velocity."""
+
+    kind = "velocity"
