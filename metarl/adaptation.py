@@ -103,7 +103,9 @@ def inner_update(
     `first_order` the inner gradient is detached (no second-order terms). With
     `task_dim=T` the adapted parameters are first broadcast to a leading task axis of
     size T; `loss_fn` must then return the *sum* of independent per-task losses, so one
-    backward pass yields every task's own gradient.
+    backward pass yields every task's own gradient. The gradient is taken with
+    `torch.func.grad`, so the update composes with outer autograd (the second-order
+    meta-gradient) and with `torch.func.jvp`/`vjp` (TRPO's curvature products).
     """
     params = dict(params)
     if task_dim is not None:
@@ -113,12 +115,9 @@ def inner_update(
     if not adapted:
         return params
     for lr in lrs:
-        loss = loss_fn(params)
-        grads = torch.autograd.grad(
-            loss,
-            [params[n] for n in adapted],
-            create_graph=not first_order,
-        )
-        for name, g in zip(adapted, grads, strict=True):
-            params[name] = params[name] - lr * (g.detach() if first_order else g)
+        fixed = {k: v for k, v in params.items() if k not in adapted}
+        grads = torch.func.grad(lambda a, fixed=fixed: loss_fn({**fixed, **a}))({n: params[n] for n in adapted})
+        for name in adapted:
+            g = grads[name].detach() if first_order else grads[name]
+            params[name] = params[name] - lr * g
     return params

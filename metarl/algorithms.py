@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import vector_to_parameters
 
 from metarl.adaptation import AdaptationSpec, Params, inner_update, meta_parameters
 from metarl.baselines import advantages
@@ -112,88 +112,111 @@ class MetaLearner:
             x, stage = body_features(self.policy, params, ep.flat("obs")), "head"
         else:
             x, stage = ep.flat("obs"), "full"
-        with torch.enable_grad():
-            return inner_update(
-                params,
-                lambda p: self.pg_loss(p, x, ep, adv, stage).sum(),
-                self.adapted_names,
-                self.inner_lrs if lrs is None else lrs,
-                self.first_order if first_order is None else first_order,
-                task_dim=None if batched else ep.num_tasks,
-            )
+        return inner_update(
+            params,
+            lambda p: self.pg_loss(p, x, ep, adv, stage).sum(),
+            self.adapted_names,
+            self.inner_lrs if lrs is None else lrs,
+            self.first_order if first_order is None else first_order,
+            task_dim=None if batched else ep.num_tasks,
+        )
 
-    def objective(
-        self,
-        params: Params,
-        pre: Episodes,
-        pre_adv: Tensor,
-        post: Episodes,
-        post_adv: Tensor,
-        old: tuple[Tensor, Tensor, Tensor],
-        first_order: bool,
+    def post_distribution(
+        self, params: Params, pre: Episodes, pre_adv: Tensor, post_obs: Tensor, first_order: bool
     ) -> tuple[Tensor, Tensor]:
-        """(surrogate loss, KL(old || new)) of the post-adaptation policy, averaged over tasks."""
-        old_mean, old_std, old_logp = old
+        """(mean, std) of every task's adapted policy on its post-adaptation observations."""
         adapted = self.adapt(params, pre, pre_adv, first_order)
-        mean, std = distribution(self.policy, adapted, post.flat("obs"))
-        mask = post.flat("mask")
+        return distribution(self.policy, adapted, post_obs)
+
+    def surrogate(self, mean: Tensor, std: Tensor, post: Episodes, post_adv: Tensor, old_logp: Tensor) -> Tensor:
+        """-mean(exp(log pi_new - log pi_old) A), per-task masked means averaged over tasks."""
         ratio = torch.exp(log_prob(mean, std, post.flat("actions")) - old_logp)
-        loss = -task_mean(ratio * post_adv, mask).mean()
-        kl = task_mean(kl_divergence(old_mean, old_std, mean, std), mask).mean()
-        return loss, kl
+        return -task_mean(ratio * post_adv, post.flat("mask")).mean()
+
+    def kl(self, old: tuple[Tensor, Tensor], mean: Tensor, std: Tensor, post: Episodes) -> Tensor:
+        return task_mean(kl_divergence(old[0], old[1], mean, std), post.flat("mask")).mean()
 
     def step(self, pre: Episodes, post: Episodes) -> dict[str, float]:
         """One outer update from pre- and post-adaptation episodes of the same tasks."""
         pre_adv, post_adv = self.advantages(pre), self.advantages(post)
         params = meta_parameters(self.policy)
-        with torch.no_grad():
-            adapted = self.adapt(params, pre, pre_adv, first_order=True)
-            mean, std = distribution(self.policy, adapted, post.flat("obs"))
-            old = (mean.detach(), std.detach(), log_prob(mean, std, post.flat("actions")).detach())
         if self.cfg.outer == "trpo":
-            return self._trpo(params, pre, pre_adv, post, post_adv, old)
-        return self._vpg(params, pre, pre_adv, post, post_adv, old)
+            return self._trpo(params, pre, pre_adv, post, post_adv)
+        return self._vpg(params, pre, pre_adv, post, post_adv)
 
-    def _vpg(self, params, pre, pre_adv, post, post_adv, old) -> dict[str, float]:
-        loss, _ = self.objective(params, pre, pre_adv, post, post_adv, old, self.first_order)
+    def _vpg(self, params, pre, pre_adv, post, post_adv) -> dict[str, float]:
+        obs = post.flat("obs")
+        mean, std = self.post_distribution(params, pre, pre_adv, obs, self.first_order)
+        old = (mean.detach(), std.detach())
+        loss = self.surrogate(mean, std, post, post_adv, log_prob(*old, post.flat("actions")))
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        new_loss, kl = self.objective(meta_parameters(self.policy), pre, pre_adv, post, post_adv, old, True)
+        with torch.no_grad():
+            new_params = meta_parameters(self.policy)
+            mean, std = self.post_distribution(new_params, pre, pre_adv, obs, first_order=True)
+            new_loss = self.surrogate(mean, std, post, post_adv, log_prob(*old, post.flat("actions")))
+            kl = self.kl(old, mean, std, post)
         return {"surrogate_loss": new_loss.item(), "kl": kl.item(), "line_search_steps": 0.0}
 
-    def _trpo(self, params, pre, pre_adv, post, post_adv, old) -> dict[str, float]:
+    def _trpo(self, params, pre, pre_adv, post, post_adv) -> dict[str, float]:
         c = self.cfg
         names = list(params)
-        tensors = [params[n] for n in names]
-        loss, kl = self.objective(params, pre, pre_adv, post, post_adv, old, self.first_order)
-        g = parameters_to_vector(torch.autograd.grad(loss, tensors, retain_graph=True))
-        grad_kl = parameters_to_vector(torch.autograd.grad(kl, tensors, create_graph=True))
+        obs, actions = post.flat("obs"), post.flat("actions")
 
-        def hvp(v: Tensor) -> Tensor:
-            hv = torch.autograd.grad(grad_kl @ v, tensors, retain_graph=True)
-            return parameters_to_vector(hv) + c.cg_damping * v
+        leaves = {n: params[n].detach().requires_grad_() for n in names}
+        tensors = [leaves[n] for n in names]
+        mean, std = self.post_distribution(leaves, pre, pre_adv, obs, self.first_order)
+        old = (mean.detach(), std.detach())
+        old_logp = log_prob(*old, actions)
+        loss = self.surrogate(mean, std, post, post_adv, old_logp)
+        g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, tensors, retain_graph=True)])
 
-        step = conjugate_gradient(hvp, -g, c.cg_iters)
-        shs = 0.5 * (step @ hvp(step))
+        # At theta the new policy equals the old one, so the KL's gradient with respect to
+        # the outputs vanishes and its Hessian through the adaptation is exactly J^T M J
+        # (J: Jacobian of the outputs w.r.t. theta, M: the Gaussian's Fisher metric on
+        # mean and std). J v comes from differentiating the linear map u -> J^T u once
+        # more, J^T w from the outputs' graph: two backward passes per product, no
+        # third-order graph.
+        mask = post.flat("mask")
+        weight = (mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / mask.shape[0]).unsqueeze(-1)
+        metric = weight / old[1].pow(2)
+        u_mean = torch.zeros_like(mean, requires_grad=True)
+        u_std = torch.zeros_like(std, requires_grad=True)
+        jt_u = torch.autograd.grad((mean, std), tensors, (u_mean, u_std), create_graph=True)
+
+        def fvp(v: Tensor) -> Tensor:
+            jv_mean, jv_std = torch.autograd.grad(jt_u, (u_mean, u_std), _split(v, tensors), retain_graph=True)
+            w = (metric * jv_mean, 2.0 * metric * jv_std)
+            jt_w = torch.autograd.grad((mean, std), tensors, w, retain_graph=True)
+            return torch.cat([x.reshape(-1) for x in jt_w]) + c.cg_damping * v
+
+        step = conjugate_gradient(fvp, -g, c.cg_iters)
+        shs = 0.5 * (step @ fvp(step))
         full_step = step * math.sqrt(c.max_kl / max(shs.item(), 1e-12))
-        theta = parameters_to_vector(tensors).detach()
+        theta_vec = torch.cat([t.detach().reshape(-1) for t in tensors])
         old_loss = loss.item()
         for i in range(c.ls_max_steps):
-            candidate = theta + (c.ls_backtrack_ratio**i) * full_step
-            trial = self._unflatten(candidate, names, tensors)
-            # The adapted value is the same first- or second-order; only its gradient differs.
-            new_loss, new_kl = self.objective(trial, pre, pre_adv, post, post_adv, old, first_order=True)
-            if new_loss.item() < old_loss and new_kl.item() <= c.max_kl:
+            candidate = theta_vec + (c.ls_backtrack_ratio**i) * full_step
+            with torch.no_grad():
+                # The adapted value is the same first- or second-order; only its gradient differs.
+                mean, std = self.post_distribution(_unflat(candidate, leaves), pre, pre_adv, obs, True)
+                new_loss = self.surrogate(mean, std, post, post_adv, old_logp).item()
+                new_kl = self.kl(old, mean, std, post).item()
+            if new_loss < old_loss and new_kl <= c.max_kl:
                 with torch.no_grad():
                     vector_to_parameters(candidate, self.policy.parameters())
-                return {"surrogate_loss": new_loss.item(), "kl": new_kl.item(), "line_search_steps": float(i + 1)}
+                return {"surrogate_loss": new_loss, "kl": new_kl, "line_search_steps": float(i + 1)}
         return {"surrogate_loss": old_loss, "kl": 0.0, "line_search_steps": float(c.ls_max_steps + 1)}
 
-    @staticmethod
-    def _unflatten(vec: Tensor, names: list[str], like: list[Tensor]) -> Params:
-        out, i = {}, 0
-        for name, t in zip(names, like, strict=True):
-            out[name] = vec[i : i + t.numel()].view_as(t).detach().requires_grad_(t.requires_grad)
-            i += t.numel()
-        return out
+
+def _split(vec: Tensor, like: list[Tensor]) -> list[Tensor]:
+    out, i = [], 0
+    for t in like:
+        out.append(vec[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
+
+
+def _unflat(vec: Tensor, like: Params) -> Params:
+    return dict(zip(like, _split(vec, list(like.values())), strict=True))
