@@ -97,9 +97,7 @@ class ClassImages:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 5 or len(self.names) != len(self.images):
-            raise ValueError(
-                "ClassImages needs uint8 (n_classes, n_per_class, C, H, W) images, one name each"
-            )
+            raise ValueError("ClassImages needs uint8 (n_classes, n_per_class, C, H, W) images, one name each")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -179,10 +177,7 @@ def load_omniglot(
     files = [file for source in sources for file in _source_files(source)]
 
     def build() -> ClassImages:
-        parts = [
-            _read_omniglot_set(source, name, size, resample)
-            for source, name in zip(sources, sets, strict=True)
-        ]
+        parts = [_read_omniglot_set(source, name, size, resample) for source, name in zip(sources, sets, strict=True)]
         return ClassImages(torch.cat([p.images for p in parts]), sum((p.names for p in parts), ()))
 
     settings = {"size": size, "resample": resample, "sets": list(sets)}
@@ -249,9 +244,7 @@ def _read_omniglot_npz(path: Path, set_name: str) -> tuple[np.ndarray, list[str]
             f"{OMNIGLOT_URL}."
         )
     if labels.shape != papers.shape[:2] or not (labels == np.arange(n)[:, None]).all():
-        raise UserError(
-            f"{path}: 'labels' should hold the character index 0..{n - 1} of each image, in order."
-        )
+        raise UserError(f"{path}: 'labels' should hold the character index 0..{n - 1} of each image, in order.")
     return papers, names[:n]
 
 
@@ -268,9 +261,7 @@ def _read_omniglot_pngs(
         name = f"{set_name}/{alphabet}/{character}"
         known, drawers = characters.setdefault(int(char_id), (name, {}))
         if known != name or int(drawer) in drawers:
-            raise UserError(
-                f"{source}: character id {char_id} is used twice ({known}, {member}): not official."
-            )
+            raise UserError(f"{source}: character id {char_id} is used twice ({known}, {member}): not official.")
         drawers[int(drawer)] = member
     counts = {len(drawers) for _, drawers in characters.values()}
     if len(counts) != 1:
@@ -281,9 +272,7 @@ def _read_omniglot_pngs(
         )
     ordered = [characters[char_id] for char_id in sorted(characters)]
     try:
-        papers = np.stack(
-            [[_decode_paper(read(drawers[d])) for d in sorted(drawers)] for _, drawers in ordered]
-        )
+        papers = np.stack([[_decode_paper(read(drawers[d])) for d in sorted(drawers)] for _, drawers in ordered])
     except (UnidentifiedImageError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise UserError(
             f"{source}: cannot decode the Omniglot PNGs ({error}); get a fresh copy of {set_name}.zip from "
@@ -546,9 +535,7 @@ class TaskSampler:
         if not 0 < ways <= n_classes:
             raise ValueError(f"{ways}-way tasks need at least {ways} classes, have {n_classes}")
         if shots < 1 or self.queries < 0 or shots + self.queries > n_per_class:
-            raise ValueError(
-                f"{shots} shots + {self.queries} queries exceed the {n_per_class} images per class"
-            )
+            raise ValueError(f"{shots} shots + {self.queries} queries exceed the {n_per_class} images per class")
         if rotate and height != width:
             raise ValueError("rotation by 90 degrees needs square images")
         self.generator = torch.Generator().manual_seed(seed)

@@ -86,8 +86,7 @@ def download_file(url: str, path: Path, expected: str | None = None, timeout: fl
         os.replace(tmp, path)
     except (OSError, http.client.HTTPException) as error:  # URLError and HTTPError are OSErrors
         raise UserError(
-            f"Could not download {url} ({error}). Download it by hand (in a browser or with curl) and put "
-            f"it at {path}."
+            f"Could not download {url} ({error}). Download it by hand (in a browser or with curl) and put it at {path}."
         ) from error
     finally:
         tmp.unlink(missing_ok=True)
@@ -98,9 +97,7 @@ def download_file(url: str, path: Path, expected: str | None = None, timeout: fl
 def _algorithm(expected: str) -> str:
     algorithm, _, digest = expected.partition(":")
     if not digest or algorithm not in hashlib.algorithms_available:
-        raise UserError(
-            f"Checksum {expected!r} is not of the form '<algorithm>:<hex>' (e.g. 'sha256:ab12..')."
-        )
+        raise UserError(f"Checksum {expected!r} is not of the form '<algorithm>:<hex>' (e.g. 'sha256:ab12..').")
     return algorithm
 
 

@@ -26,6 +26,7 @@ in one `mujoco.batch.Batch` and match them bit for bit. Both take their maths fr
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -43,6 +44,12 @@ FRAME_SKIP = 5
 RESET_NOISE = 0.1
 DEFAULT_VELOCITY_RANGE = (0.0, 2.0)
 KINDS = ("direction", "velocity")  # also the task dicts' keys
+
+
+@functools.cache
+def _model() -> mujoco.MjModel:
+    """The compiled model, shared read-only: compiling it per env costs time and a warning each."""
+    return mujoco.MjModel.from_xml_path(str(XML_PATH))
 
 
 def sample_tasks(
@@ -90,7 +97,7 @@ class _Cheetah:
         self.action_scale = float(action_scale)
         self.horizon = horizon
         self.velocity_range = velocity_range
-        self.model = mujoco.MjModel.from_xml_path(str(XML_PATH))
+        self.model = _model()
         self.torso = self.model.body("torso").id
         self.dt = self.model.opt.timestep * FRAME_SKIP
         self.act_dim = self.model.nu

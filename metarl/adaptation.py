@@ -66,9 +66,7 @@ class AdaptationSpec:
         known = dict(model.named_parameters())
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise UserError(
-                f"adaptation spec names unknown parameters {unknown}; the model has {sorted(known)}"
-            )
+            raise UserError(f"adaptation spec names unknown parameters {unknown}; the model has {sorted(known)}")
         return names
 
 

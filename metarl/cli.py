@@ -38,16 +38,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (e.g. configs/rl/navigation2d_anil.yaml) or --resume DIR")
-        config = load_config(args.config, args.set, args.seed)
+        overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
+        config = load_config(args.config, overrides, args.seed)
         stem = Path(args.config).stem
-        out = args.out or f"runs/{stem}-s{config['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = RunDir.create(out, config)
+        run = RunDir(args.out or f"runs/{stem}-s{config['seed']}-{time.strftime('%Y%m%d-%H%M%S')}")
     rng = seed_everything(config["seed"])
+    # Building the experiment validates everything (env, spec, data) before anything is written.
     exp = _kind_module(config["kind"]).make_experiment(config, rng)
+    state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
+    if not args.resume:
+        run = RunDir.create(run.path, config)
     print(f"run directory: {run.path}", file=sys.stderr)
     if not args.resume:
         print(dump(config), file=sys.stderr, end="")
-    train(run, exp, rng, config["logging"], resume=bool(args.resume), show_progress=not args.quiet)
+    train(run, exp, rng, config["logging"], state=state, show_progress=not args.quiet)
     print(str(run.path))
     return 0
 
@@ -96,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="override the config's seed")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    t.add_argument("--data-root", help="classification data root (else data.root, $METARL_DATA, ./data)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -106,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", type=int, help="number of test tasks")
     e.add_argument("--seed", type=int, help="seed of the test tasks")
     e.add_argument("--checkpoint", help="a snapshot file instead of the latest checkpoint")
+    e.add_argument("--data-root", help="classification data root (else the run's data.root, $METARL_DATA)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_evaluate)
 
@@ -114,9 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--env", help="navigation2d | halfcheetah-dir | halfcheetah-vel")
     b.add_argument("--task", help="omniglot-20w1s | omniglot-5w1s | miniimagenet-5w5s | ...")
     b.add_argument("--repeats", type=int, default=5, help="timed repetitions per method (median reported)")
+    b.add_argument("--threads", type=int, default=1, help="torch threads for the updates (sampling uses 1)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+    d = sub.add_parser("data", help="fetch data sets (needs network)")
+    d.add_argument("action", choices=["download"])
+    d.add_argument("dataset", choices=["omniglot"])
+    d.add_argument("--data-root", help="where data sets live (else $METARL_DATA, ./data)")
+    d.set_defaults(func=cmd_data)
     return p
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from classification.download import download_omniglot
+
+    for path in download_omniglot(args.data_root):
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

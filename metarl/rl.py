@@ -144,9 +144,7 @@ def evaluate(
         ep = sample(engine, policy, detached(params), task_list, ev["trajectories_per_task"], rng)
         per_task_returns.append(ep.returns().mean(1).double())
         if k < inner_steps:
-            params = learner.adapt(
-                params, ep, learner.advantages(ep), first_order=True, lrs=[lrs[k]], batched=k > 0
-            )
+            params = learner.adapt(params, ep, learner.advantages(ep), first_order=True, lrs=[lrs[k]], batched=k > 0)
     means = [r.mean().item() for r in per_task_returns]
     ci = [1.96 * r.std(unbiased=True).item() / math.sqrt(tasks) if tasks > 1 else 0.0 for r in per_task_returns]
     return {

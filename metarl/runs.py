@@ -94,6 +94,11 @@ class RunDir:
             raise UserError(f"{str(run.path)!r} is not a run directory (no config.yaml)")
         return run
 
+    def remove_stale_temp_files(self) -> None:
+        """Temp files of a write cut short by a kill; the file they were to replace is intact."""
+        for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("snapshots/.*.tmp")]:
+            tmp.unlink(missing_ok=True)
+
     def config(self) -> dict[str, Any]:
         from metarl.config import DEFAULTS, _import_kind
 
@@ -118,7 +123,7 @@ class RunDir:
             raise UserError(f"{str(self.path)!r} has no checkpoint ({path.name}); train it first")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"checkpoint {str(path)!r} is corrupt or unreadable ({msg})") from None
         if not isinstance(state, dict) or "iteration" not in state or "model" not in state:

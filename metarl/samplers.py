@@ -60,6 +60,15 @@ def sample(
 
     `params` may hold one parameter set or per-task sets with a leading task axis.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's idle threads would spin on the cores MuJoCo's threads need
+    try:
+        return _sample(engine, policy, params, tasks, per_task, rng)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sample(engine, policy, params, tasks, per_task, rng) -> Episodes:
     start = time.perf_counter()
     T, N, H = len(tasks), per_task, engine.horizon
     dtype = next(iter(params.values())).dtype
@@ -81,6 +90,7 @@ def sample(
         alive &= ~terminated
         if not alive.any():
             break
+
     # (H, T*N, ...) -> (T, N, H, ...); steps after everyone finished stay zero-masked
     def to_tensor(x: np.ndarray) -> Tensor:
         x = torch.from_numpy(x).to(dtype)

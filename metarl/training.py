@@ -36,13 +36,13 @@ def train(
     exp: Experiment,
     rng: np.random.Generator,
     logging: dict[str, Any],
-    resume: bool = False,
+    state: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Run (or continue) `exp` until its last iteration; returns this call's metric rows."""
+    """Run `exp` until its last iteration, continuing from checkpoint `state` if given."""
     start = 0
-    if resume and run.has_checkpoint():
-        state = run.load_checkpoint()
+    run.remove_stale_temp_files()
+    if state is not None:
         exp.load_state(state["model"])
         restore_rng_state(state["rng"], rng)
         start = state["iteration"]

@@ -359,9 +359,7 @@ def test_sampler_shapes_labels_and_disjoint_sets(numbered):
     assert torch.bincount(task.query_y).tolist() == [queries] * ways
     support, query = _ids(task.support_x), _ids(task.query_x)
     for label in range(ways):
-        classes = (support[task.support_y == label] // 20).tolist() + (
-            query[task.query_y == label] // 20
-        ).tolist()
+        classes = (support[task.support_y == label] // 20).tolist() + (query[task.query_y == label] // 20).tolist()
         assert len(set(classes)) == 1  # one class per label, shared by support and query
     assert len(set((support // 20).tolist())) == ways  # distinct classes
     assert len(set(support.tolist()) | set(query.tolist())) == ways * (shots + queries)  # no image twice
@@ -416,9 +414,7 @@ def test_sampler_rejects_impossible_tasks(numbered):
 # ---------------------------------------------------------------------------------------- MiniImageNet
 
 
-def _mini_images(
-    tmp_path: Path, counts: dict[str, int], sizes: list[tuple[int, int]]
-) -> list[tuple[str, str]]:
+def _mini_images(tmp_path: Path, counts: dict[str, int], sizes: list[tuple[int, int]]) -> list[tuple[str, str]]:
     """Random JPEGs in images/ and the CSV rows naming them; some are not 84x84."""
     rng = np.random.default_rng(0)
     rows = []
@@ -456,9 +452,7 @@ def test_miniimagenet_pkl_and_csv_give_identical_tensors(tmp_path):
     from_pkl = load_miniimagenet(tmp_path / "pklroot", "val")
     assert from_pkl.names == from_csv.names
     assert torch.equal(from_pkl.images, from_csv.images)
-    assert torch.equal(
-        from_pkl.images[0, 1], torch.from_numpy(image_data[class_dict["n01"][1]]).permute(2, 0, 1)
-    )
+    assert torch.equal(from_pkl.images[0, 1], torch.from_numpy(image_data[class_dict["n01"][1]]).permute(2, 0, 1))
     cached = load_miniimagenet(tmp_path / "csvroot", "val", cache_dir=tmp_path / "cache")
     assert torch.equal(cached.images, from_csv.images)
 

@@ -138,9 +138,7 @@ def test_cca_measures_invariant_to_invertible_linear_maps(name):
 
 def test_cca_vector_invariant_to_invertible_linear_maps():
     x, y = related(500, 8, 6)
-    np.testing.assert_allclose(
-        cca(x @ well_conditioned(8, 3), y @ well_conditioned(6, 5)), cca(x, y), atol=1e-9
-    )
+    np.testing.assert_allclose(cca(x @ well_conditioned(8, 3), y @ well_conditioned(6, 5)), cca(x, y), atol=1e-9)
 
 
 def test_svcca_with_variance_threshold_invariant_to_orthogonal_maps_and_scaling():

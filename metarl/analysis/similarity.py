@@ -145,9 +145,7 @@ def _rbf_gram(a: np.ndarray, threshold: float) -> np.ndarray:
     np.fill_diagonal(sq, 0.0)
     median = np.median(np.sqrt(sq[np.triu_indices(a.shape[0], k=1)]))
     if median == 0.0:
-        raise SimilarityInputError(
-            "median pairwise distance is 0 (mostly duplicate examples); RBF CKA is undefined"
-        )
+        raise SimilarityInputError("median pairwise distance is 0 (mostly duplicate examples); RBF CKA is undefined")
     sigma = threshold * median
     return np.exp(-sq / (2.0 * sigma**2))
 
@@ -215,8 +213,7 @@ def _top_directions(a: np.ndarray, keep: int | float) -> np.ndarray:
         k = int(np.searchsorted(explained, keep - 1e-12)) + 1  # tolerance: rounding must not skip keep=1.0
     else:
         raise SimilarityInputError(
-            f"keep must be an int >= 1 (number of directions) or a float in (0, 1] (fraction of variance), "
-            f"got {keep!r}"
+            f"keep must be an int >= 1 (number of directions) or a float in (0, 1] (fraction of variance), got {keep!r}"
         )
     return u[:, :k] * s[:k]
 

@@ -1,0 +1,185 @@
+"""Benchmarks that print machine-readable figures, every ratio measured in the same run.
+
+- `meta-step --env E`: seconds per meta-iteration, MAML vs ANIL, split into sampling,
+  inner update and outer update; repetitions interleave the two methods so machine noise
+  hits both alike, and medians are reported.
+- `sampler --env halfcheetah-*`: transitions/s of (a) our sampler with the policy in the
+  loop, (b) the raw physics limit of the same `mujoco.batch.Batch` stepping random
+  controls, (c) gymnasium's `SyncVectorEnv` over the same number of environments.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.config import RL_DEFAULTS, merge
+from metarl.errors import UserError
+
+RL_PRESETS: dict[str, dict[str, Any]] = {
+    "navigation2d": {"env": {"name": "navigation2d"}, "training": {"meta_batch_size": 20}},
+    "halfcheetah-dir": {"env": {"name": "halfcheetah-dir"}, "training": {"meta_batch_size": 40}},
+    "halfcheetah-vel": {"env": {"name": "halfcheetah-vel"}, "training": {"meta_batch_size": 40}},
+}
+METHODS = {"maml": "full", "anil": "head"}
+
+
+def rl_config(env: str, spec: str, threads: int) -> dict[str, Any]:
+    if env not in RL_PRESETS:
+        raise UserError(f"--env {env!r}: choose one of {sorted(RL_PRESETS)}")
+    cfg = merge(RL_DEFAULTS, RL_PRESETS[env])
+    cfg["adaptation"]["spec"] = spec
+    cfg["training"]["torch_threads"] = threads
+    return cfg
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def meta_step(env: str, repeats: int, threads: int) -> dict[str, Any]:
+    from metarl.rl import RLExperiment
+
+    exps = {}
+    for name, spec in METHODS.items():
+        exps[name] = RLExperiment(rl_config(env, spec, threads), np.random.default_rng(0))
+        exps[name].iteration(0)  # warm-up: allocations, MuJoCo batch creation
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in METHODS}
+    for it in range(repeats):
+        for name, exp in exps.items():
+            t0 = time.perf_counter()
+            m = exp.iteration(it + 1)
+            m["iteration_s"] = time.perf_counter() - t0
+            rows[name].append(m)
+    keys = ["iteration_s", "sampling_s", "inner_update_s", "outer_update_s"]
+    split = {name: {k: _median([r[k] for r in rs]) for k in keys} for name, rs in rows.items()}
+    sec = {name: split[name]["iteration_s"] for name in METHODS}
+    cfg = rl_config(env, "full", threads)
+    return {
+        "benchmark": "meta-step",
+        "env": env,
+        "seconds_per_iteration": sec,
+        "maml_over_anil": sec["maml"] / sec["anil"],
+        "split": split,
+        "repeats": repeats,
+        "torch_threads_update": threads,
+        "torch_threads_sampling": 1,
+        "settings": {
+            "tasks": cfg["training"]["meta_batch_size"],
+            "trajectories_per_task": cfg["training"]["trajectories_per_task"],
+            "horizon": cfg["env"]["horizon"],
+            "outer": cfg["training"]["outer"],
+            "cg_iters": cfg["training"]["cg_iters"],
+            "first_order": cfg["adaptation"]["first_order"],
+        },
+    }
+
+
+def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict[str, Any]:
+    import gymnasium
+
+    import envs
+    from metarl.adaptation import meta_parameters
+    from metarl.rl import build_engine, build_policy
+    from metarl.samplers import sample
+
+    if not env.startswith("halfcheetah"):
+        raise UserError("the sampler benchmark compares against MuJoCo physics: use --env halfcheetah-dir|-vel")
+    cfg = rl_config(env, "full", 1)
+    torch.set_num_threads(1)
+    engine = build_engine(cfg)
+    policy = build_policy(cfg, engine)
+    params = meta_parameters(policy)
+    rng = np.random.default_rng(0)
+    nsim, horizon = tasks * per_task, engine.horizon
+    task_list = engine.sample_tasks(tasks, rng)
+    controls = rng.uniform(-1.0, 1.0, size=(horizon, nsim, engine.act_dim))
+
+    def ours() -> float:
+        ep = sample(engine, policy, params, task_list, per_task, rng)
+        return ep.transitions / ep.seconds
+
+    def physics() -> float:
+        engine.reset(task_list, per_task, rng)
+        batch, ctrl = engine._batch, engine._ctrl
+        t0 = time.perf_counter()
+        for t in range(horizon):
+            ctrl[:] = controls[t]
+            batch.step(nstep=5)
+        return nsim * horizon / (time.perf_counter() - t0)
+
+    gym_id = envs.ENVIRONMENTS[env][0]
+    vec = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(gym_id) for _ in range(nsim)])
+    scale = vec.single_action_space.high
+
+    def gym() -> float:
+        vec.reset(seed=0)
+        t0 = time.perf_counter()
+        for t in range(horizon):
+            vec.step(controls[t] * scale)
+        return nsim * horizon / (time.perf_counter() - t0)
+
+    figures: dict[str, list[float]] = {"sampler": [], "physics": [], "gymnasium": []}
+    ours(), physics()  # warm-up
+    for _ in range(repeats):
+        figures["sampler"].append(ours())
+        figures["physics"].append(physics())
+        figures["gymnasium"].append(gym())
+    vec.close()
+    a, b, c = (_median(figures[k]) for k in ("sampler", "physics", "gymnasium"))
+    return {
+        "benchmark": "sampler",
+        "env": env,
+        "sampler_transitions_per_s": a,
+        "physics_transitions_per_s": b,
+        "gymnasium_transitions_per_s": c,
+        "sampler_over_physics": a / b,
+        "sampler_over_gymnasium": a / c,
+        "simulations": nsim,
+        "horizon": horizon,
+        "mujoco_threads": engine.nthread,
+        "torch_threads": 1,
+        "repeats": repeats,
+        "notes": "sampler: policy (64x64 tanh) in the loop, observations and rewards; physics: the "
+        "same Batch stepping random controls only; gymnasium: SyncVectorEnv of the single env, random "
+        "actions, no policy",
+    }
+
+
+def run(args) -> dict[str, Any]:
+    threads = args.threads
+    if args.what == "sampler":
+        return sampler(args.env or "halfcheetah-vel", args.repeats)
+    if args.task:
+        from classification.bench import meta_step as cls_meta_step
+
+        return cls_meta_step(args.task, args.repeats)
+    return meta_step(args.env or "navigation2d", args.repeats, threads)
+
+
+def format_result(r: dict[str, Any]) -> str:
+    if r["benchmark"] == "sampler":
+        return (
+            f"sampler   {r['sampler_transitions_per_s']:>12,.0f} transitions/s\n"
+            f"physics   {r['physics_transitions_per_s']:>12,.0f} transitions/s\n"
+            f"gymnasium {r['gymnasium_transitions_per_s']:>12,.0f} transitions/s\n"
+            f"sampler/physics {r['sampler_over_physics']:.3f}   "
+            f"sampler/gymnasium {r['sampler_over_gymnasium']:.2f}\n"
+            f"({r['simulations']} simulations x {r['horizon']} steps, median of {r['repeats']})"
+        )
+    lines = [f"{r['benchmark']} {r.get('env') or r.get('task')}: seconds per meta-iteration (median)"]
+    for name, s in r["seconds_per_iteration"].items():
+        extra = ""
+        if "split" in r:
+            sp = r["split"][name]
+            extra = (
+                f"  (sampling {sp['sampling_s']:.3f}, inner {sp['inner_update_s']:.3f}, "
+                f"outer {sp['outer_update_s']:.3f})"
+            )
+        lines.append(f"  {name:<7} {s:8.3f}{extra}")
+    lines.append(f"  maml/anil {r['maml_over_anil']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The command line: train/evaluate/resume end to end, and bad input as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from metarl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "env.horizon=10",
+    "training.meta_batch_size=3",
+    "training.trajectories_per_task=2",
+    "policy.hidden_sizes=[8]",
+    "evaluation.trajectories_per_task=2",
+]
+
+
+def train(tmp_path, name="run", iterations=3, extra=(), config="configs/rl/navigation2d_anil.yaml"):
+    out = tmp_path / name
+    args = ["train", str(ROOT / config), "--out", str(out), "--quiet", "--set", f"training.iterations={iterations}"]
+    for s in [*TINY, *extra]:
+        args += ["--set", s]
+    assert main(args) == 0
+    return out
+
+
+def policy_state(run):
+    return torch.load(run / "checkpoint.pt", weights_only=False)["model"]["policy"]
+
+
+def test_train_writes_a_complete_run_directory(tmp_path):
+    run = train(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["training"]["iterations"] == 3 and config["adaptation"]["spec"] == "head"
+    assert config["training"]["cg_iters"] == 10  # defaults are written out too
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for key in ("pre_return", "post_return", "kl", "surrogate_loss", "line_search_steps", "transitions_per_s"):
+        assert all(key in r for r in rows)
+    assert all(r["kl"] <= 0.01 for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "return/pre_adaptation",
+        "return/post_adaptation",
+        "train/kl",
+        "train/surrogate_loss",
+        "train/line_search_steps",
+        "perf/transitions_per_s",
+        "perf/iteration_s",
+    } <= tags
+    assert len(events.Scalars("return/post_adaptation")) == 3
+
+
+def test_same_seed_same_run_and_seed_changes_it(tmp_path):
+    a, b = train(tmp_path, "a"), train(tmp_path, "b")
+    c = train(tmp_path, "c", extra=["seed=1"])
+    sa, sb, sc = policy_state(a), policy_state(b), policy_state(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("config", ["configs/rl/navigation2d_maml.yaml", "configs/rl/navigation2d_anil.yaml"])
+def test_evaluate_json_and_adaptation_modes(tmp_path, capsys, config):
+    run = train(tmp_path, iterations=1, config=config)
+    capsys.readouterr()
+    for adapt in ("full", "head", "none", "freeze:1"):
+        assert main(["evaluate", str(run), "--json", "--tasks", "4", "--inner-steps", "2", "--adapt", adapt]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["adapt"] == adapt and result["tasks"] == 4
+        assert len(result["returns"]) == 3 and len(result["ci95"]) == 3
+        assert all(c >= 0 for c in result["ci95"])
+        if adapt == "none":
+            assert len(set(result["returns"])) == 3  # fresh trajectories each step, same policy
+    assert main(["evaluate", str(run), "--tasks", "4"]) == 0
+    assert "inner steps" in capsys.readouterr().out
+
+
+def test_evaluate_is_deterministic(tmp_path, capsys):
+    run = train(tmp_path, iterations=1)
+    capsys.readouterr()
+    outs = []
+    for _ in range(2):
+        main(["evaluate", str(run), "--json", "--tasks", "3"])
+        outs.append(json.loads(capsys.readouterr().out)["returns"])
+    assert outs[0] == outs[1]
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = train(tmp_path, "full", iterations=4)
+    part = train(tmp_path, "part", iterations=4)
+    # pretend the run stopped after iteration 2: rewind to a copy of its checkpoint at 2
+    part2 = train(tmp_path, "part2", iterations=2)
+    cfg = yaml.safe_load((part2 / "config.yaml").read_text())
+    cfg["training"]["iterations"] = 4
+    (part2 / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--resume", str(part2), "--quiet"]) == 0
+    sf, sp, s2 = policy_state(full), policy_state(part), policy_state(part2)
+    assert all(torch.equal(sf[k], s2[k]) and torch.equal(sf[k], sp[k]) for k in sf)
+    rows = [json.loads(x) for x in (part2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "metarl.cli", *args], cwd=ROOT, env=env, **kw)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    iterations = 30
+    reference = train(tmp_path, "reference", iterations=iterations)
+    out = tmp_path / "killed"
+    sets = [x for s in [*TINY, f"training.iterations={iterations}"] for x in ("--set", s)]
+    proc = _cli(
+        "train",
+        str(ROOT / "configs/rl/navigation2d_anil.yaml"),
+        "--out",
+        str(out),
+        "--quiet",
+        *sets,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        if len(rows) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(out / "checkpoint.pt", weights_only=False)["iteration"]
+    assert 1 <= done < iterations, "the run should have been killed mid-way"
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    ref, got = policy_state(reference), policy_state(out)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(iterations))
+    assert not list(out.glob(".*.tmp"))
+
+
+def one_line_error(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("metarl: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
+    cfg = str(ROOT / "configs/rl/navigation2d_anil.yaml")
+    out = str(tmp_path / "x")
+    one_line_error(capsys, ["train", str(tmp_path / "missing.yaml")], "does not exist")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "training.iteratons=3"], "iteratons")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "training.iterations=abc"], "training.iterations")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "training.max_kl=[1]"], "training.max_kl")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "policy.adapt_log_std=3"], "adapt_log_std")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "training.outer=adam"], "training.outer")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "adaptation.spec=freeze:x"], "freeze")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "env.name=nowhere"], "nowhere")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "env.settings={wind: 3}"], "wind")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [1, 2\n")
+    one_line_error(capsys, ["train", str(bad)], "not valid YAML")
+    bad.write_text("- just\n- a list\n")
+    one_line_error(capsys, ["train", str(bad)], "mapping")
+
+
+def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
+    one_line_error(capsys, ["evaluate", str(tmp_path / "nope")], "does not exist")
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "nope")], "does not exist")
+    run = train(tmp_path, iterations=1)
+    capsys.readouterr()
+    ckpt = run / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    one_line_error(capsys, ["evaluate", str(run)], "corrupt")
+    one_line_error(capsys, ["train", "--resume", str(run)], "corrupt")
+    ckpt.write_bytes(b"not a checkpoint at all")
+    one_line_error(capsys, ["evaluate", str(run)], "corrupt")
+    ckpt.unlink()
+    one_line_error(capsys, ["evaluate", str(run)], "no checkpoint")
+    # an existing run is never overwritten by a new one
+    one_line_error(capsys, ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(run)], "already")
+
+
+def test_bench_meta_step_json(capsys, monkeypatch):
+    from metarl import bench
+
+    monkeypatch.setitem(
+        bench.RL_PRESETS,
+        "navigation2d",
+        {
+            "env": {"name": "navigation2d", "horizon": 10},
+            "training": {"meta_batch_size": 2, "trajectories_per_task": 2},
+            "policy": {"hidden_sizes": [8]},
+        },
+    )
+    assert main(["bench", "meta-step", "--env", "navigation2d", "--repeats", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["seconds_per_iteration"]) == {"maml", "anil"}
+    assert r["maml_over_anil"] == pytest.approx(r["seconds_per_iteration"]["maml"] / r["seconds_per_iteration"]["anil"])
+    assert set(r["split"]["maml"]) >= {"sampling_s", "inner_update_s", "outer_update_s"}

@@ -1,0 +1,76 @@
+"""Batched sampler: shapes, masks at episode ends, per-task parameters, reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import envs
+from metarl.adaptation import meta_parameters
+from metarl.policies import GaussianMLPPolicy
+from metarl.samplers import sample
+
+
+def setup(seed=0):
+    torch.manual_seed(seed)
+    engine = envs.make_batch_env("navigation2d", horizon=20)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,), init_std=0.05)
+    return engine, policy
+
+
+def test_shapes_and_masks():
+    engine, policy = setup()
+    rng = np.random.default_rng(0)
+    tasks = engine.sample_tasks(3, rng)
+    ep = sample(engine, policy, meta_parameters(policy), tasks, 4, rng)
+    assert ep.obs.shape == (3, 4, 20, 2) and ep.actions.shape == (3, 4, 20, 2)
+    assert ep.rewards.shape == ep.mask.shape == (3, 4, 20)
+    assert ep.flat("obs").shape == (3, 80, 2)
+    # a mask is 1 up to and including the terminating step, then 0
+    diffs = ep.mask[..., 1:] - ep.mask[..., :-1]
+    assert (diffs <= 0).all()
+    assert torch.all(ep.rewards[ep.mask == 0] == 0)
+    assert ep.transitions == int(ep.mask.sum())
+    assert torch.allclose(ep.returns(), (ep.rewards * ep.mask).sum(-1))
+    # first observation is the start position
+    assert torch.all(ep.obs[:, :, 0] == 0)
+
+
+def test_episodes_end_when_goal_reached():
+    engine, policy = setup()
+    rng = np.random.default_rng(0)
+    tasks = [{"goal": np.array([0.02, 0.0])}]  # reachable in one step of ~0.02
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.copy_(torch.tensor([0.02, 0.0]))
+        policy.log_std.fill_(np.log(1e-4))
+    ep = sample(engine, policy, meta_parameters(policy), tasks, 5, rng)
+    assert torch.all(ep.mask[0, :, 0] == 1)
+    assert torch.all(ep.mask[0, :, 1:] == 0)  # all five ended at the first step
+    assert torch.all(ep.rewards[0, :, 0] > -0.01)
+
+
+def test_per_task_parameters_and_seeded_reproducibility():
+    engine, policy = setup()
+    params = meta_parameters(policy)
+    batched = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in params.items()}
+    batched["head.bias"][1] += 0.05  # task 1 drifts right
+    tasks = [{"goal": np.array([0.4, 0.0])}] * 2
+    a = sample(engine, policy, batched, tasks, 3, np.random.default_rng(5))
+    b = sample(engine, policy, batched, tasks, 3, np.random.default_rng(5))
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.rewards, b.rewards)
+    assert (a.obs[1, :, -1, 0] > a.obs[0, :, -1, 0]).all()
+
+
+def test_sampler_restores_torch_threads():
+    engine, policy = setup()
+    before = torch.get_num_threads()
+    sample(
+        engine,
+        policy,
+        meta_parameters(policy),
+        engine.sample_tasks(1, np.random.default_rng(0)),
+        1,
+        np.random.default_rng(0),
+    )
+    assert torch.get_num_threads() == before
