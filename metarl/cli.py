@@ -123,12 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="torch threads for the updates (sampling uses 1)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+    pl = sub.add_parser("plot", help="PNG of pre/post-adaptation training curves of one or more runs")
+    pl.add_argument("runs", nargs="+", help="run directories")
+    pl.add_argument("--out", required=True, help="PNG file to write")
+    pl.add_argument("--window", type=int, default=10, help="moving-average window (iterations)")
+    pl.add_argument("--title")
+    pl.set_defaults(func=cmd_plot)
+
     d = sub.add_parser("data", help="fetch data sets (needs network)")
     d.add_argument("action", choices=["download"])
     d.add_argument("dataset", choices=["omniglot"])
     d.add_argument("--data-root", help="where data sets live (else $METARL_DATA, ./data)")
     d.set_defaults(func=cmd_data)
     return p
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metarl.plots import plot_runs
+
+    print(plot_runs(args.runs, args.out, args.window, args.title))
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -217,3 +217,10 @@ def test_bench_meta_step_json(capsys, monkeypatch):
     assert set(r["seconds_per_iteration"]) == {"maml", "anil"}
     assert r["maml_over_anil"] == pytest.approx(r["seconds_per_iteration"]["maml"] / r["seconds_per_iteration"]["anil"])
     assert set(r["split"]["maml"]) >= {"sampling_s", "inner_update_s", "outer_update_s"}
+
+
+def test_plot_writes_png(tmp_path):
+    run = train(tmp_path, iterations=2)
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(run), "--out", str(out), "--window", "1"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

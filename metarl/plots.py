@@ -1,0 +1,57 @@
+"""Training curves from runs' metrics files, as PNG (for the README and papers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from metarl.errors import UserError  # noqa: E402
+from metarl.runs import RunDir  # noqa: E402
+
+CURVES = {
+    "rl": [("pre_return", "pre-adaptation"), ("post_return", "post-adaptation")],
+    "classification": [("pre_accuracy", "pre-adaptation"), ("post_accuracy", "post-adaptation")],
+}
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_runs(runs: list[str], out: str | Path, window: int = 10, title: str | None = None) -> Path:
+    """One panel: pre- and post-adaptation curves of every run (moving average over `window`)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ylabel = "average return"
+    for path in runs:
+        run = RunDir.open(path)
+        kind = run.config()["kind"]
+        rows = run.metrics()
+        if not rows:
+            raise UserError(f"run {path!r} has no metrics yet")
+        if kind == "classification":
+            ylabel = "query accuracy"
+        for i, (key, label) in enumerate(CURVES[kind]):
+            xs = [r["iteration"] for r in rows if key in r]
+            ys = smooth([r[key] for r in rows if key in r], window)
+            ax.plot(xs, ys, label=f"{run.path.name}: {label}", linestyle="--" if i == 0 else "-")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "training curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
