@@ -1,0 +1,113 @@
+"""Per-layer similarity of representations, aggregated over tasks, with charts.
+
+A capture is a dict layer name -> list (one entry per task) of activations, either
+(examples, features) or conv maps (examples, C, H, W). The same examples must appear
+in both captures being compared (the same query set or states, in the same order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca
+
+Capture = dict[str, list[np.ndarray]]
+MEASURES = {"cca": mean_cca, "cka": linear_cka}
+
+
+def compare(a: Capture, b: Capture, conv_mode: str = "positions") -> dict[str, dict[str, float]]:
+    """Mean (and std over tasks) CCA and CKA between two captures, layer by layer."""
+    table: dict[str, dict[str, float]] = {}
+    for layer in a:
+        per_task: dict[str, list[float]] = {m: [] for m in MEASURES}
+        for x, y in zip(a[layer], b[layer], strict=True):
+            x, y = conv_to_datapoints(x, conv_mode), conv_to_datapoints(y, conv_mode)
+            for name, fn in MEASURES.items():
+                per_task[name].append(fn(x, y))
+        row: dict[str, float] = {}
+        for name, values in per_task.items():
+            row[name] = float(np.mean(values))
+            row[f"{name}_std"] = float(np.std(values))
+        table[layer] = row
+    return table
+
+
+def body_average(table: dict[str, dict[str, float]], head: str = "head") -> dict[str, float]:
+    """Average over every layer but the head (the paper's Table 3 convention)."""
+    body = [row for layer, row in table.items() if layer != head]
+    return {m: float(np.mean([row[m] for row in body])) for m in MEASURES}
+
+
+def bar_chart(table: dict[str, dict[str, float]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(table)
+    x = np.arange(len(layers))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(layers) + 2), 3.6), dpi=120)
+    for i, m in enumerate(MEASURES):
+        ax.bar(
+            x + (i - 0.5) * 0.38,
+            [table[layer][m] for layer in layers],
+            0.38,
+            label=m.upper(),
+            yerr=[table[layer][f"{m}_std"] for layer in layers],
+            capsize=2,
+        )
+    ax.set_xticks(x, layers)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("similarity before vs after adaptation")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def line_chart(tables: dict[int, dict[str, dict[str, float]]], out: Path, title: str, measure: str = "cca") -> Path:
+    """Similarity before vs after adaptation of each layer, over training checkpoints (Figure 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = sorted(tables)
+    layers = list(tables[iterations[0]])
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for layer in layers:
+        ax.plot(iterations, [tables[i][layer][measure] for i in iterations], marker="o", label=layer)
+    ax.set_xlabel("training iteration of the checkpoint")
+    ax.set_ylabel(f"{measure.upper()} before vs after adaptation")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_json(obj: Any, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -1,0 +1,63 @@
+"""Aggregating similarity per layer over tasks, and the charts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from metarl.analysis.report import bar_chart, body_average, compare, line_chart, write_json
+
+
+def capture(rng, tasks=3, n=200):
+    return {
+        "conv1": [rng.normal(size=(n // 10, 8, 4, 4)) for _ in range(tasks)],
+        "layer2": [rng.normal(size=(n, 6)) for _ in range(tasks)],
+        "head": [rng.normal(size=(n, 5)) for _ in range(tasks)],
+    }
+
+
+def test_identical_captures_are_fully_similar_and_changed_head_is_not():
+    rng = np.random.default_rng(0)
+    a = capture(rng)
+    b = {k: [x.copy() for x in v] for k, v in a.items()}
+    b["head"] = [rng.normal(size=x.shape) for x in a["head"]]  # independent of a's head
+    table = compare(a, b)
+    for layer in ("conv1", "layer2"):
+        assert table[layer]["cca"] == pytest.approx(1.0, abs=1e-6)
+        assert table[layer]["cka"] == pytest.approx(1.0, abs=1e-6)
+        assert table[layer]["cca_std"] == pytest.approx(0.0, abs=1e-6)
+    assert table["head"]["cca"] < 0.3 and table["head"]["cka"] < 0.2
+    assert body_average(table) == pytest.approx({"cca": 1.0, "cka": 1.0}, abs=1e-6)
+
+
+def test_conv_layers_compared_per_position_or_by_spatial_mean():
+    rng = np.random.default_rng(1)
+    a = capture(rng, tasks=1)
+    # a spatially varying, per-position-invariant change: CCA by position sees a linear map
+    mix = rng.normal(size=(8, 8))
+    b = {"conv1": [np.einsum("nchw,dc->ndhw", a["conv1"][0], mix)]}
+    a = {"conv1": a["conv1"]}
+    assert compare(a, b, "positions")["conv1"]["cca"] == pytest.approx(1.0, abs=1e-6)
+    assert compare(a, b, "mean")["conv1"]["cca"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mismatched_examples_are_rejected():
+    rng = np.random.default_rng(2)
+    a = {"l": [rng.normal(size=(10, 3))]}
+    b = {"l": [rng.normal(size=(9, 3))]}
+    with pytest.raises(ValueError, match="same examples"):
+        compare(a, b)
+
+
+def test_charts_and_json(tmp_path):
+    rng = np.random.default_rng(3)
+    a = capture(rng)
+    table = compare(a, a)
+    png = bar_chart(table, tmp_path / "fig2.png", "test")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    png = line_chart({0: table, 10: table}, tmp_path / "fig3.png", "test")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    out = write_json({"layers": table, "x": np.float32(1.5)}, tmp_path / "a.json")
+    assert json.loads(out.read_text())["x"] == 1.5
