@@ -123,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="torch threads for the updates (sampling uses 1)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+    a = sub.add_parser("analyze", help="CCA/CKA of each layer before vs after adaptation, or between two models")
+    a.add_argument("runs", nargs="+", metavar="RUN", help="one run (before vs after adaptation) or two (A vs B)")
+    a.add_argument("--tasks", type=int, default=8, help="tasks to average over")
+    a.add_argument("--seed", type=int, default=2000, help="seed of the analysis tasks")
+    a.add_argument("--adapt", help="adaptation spec for the inner loop (default: the run's own)")
+    a.add_argument("--checkpoints", action="store_true", help="repeat over the run's saved snapshots")
+    a.add_argument("--conv", choices=["positions", "mean"], default="positions", help="conv maps as datapoints")
+    a.add_argument("--data-root", help="classification data root")
+    a.add_argument("--out", help="directory for the JSON and PNG (default RUN/analysis)")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a.set_defaults(func=cmd_analyze)
+
     pl = sub.add_parser("plot", help="PNG of pre/post-adaptation training curves of one or more runs")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", required=True, help="PNG file to write")
@@ -136,6 +148,69 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", help="where data sets live (else $METARL_DATA, ./data)")
     d.set_defaults(func=cmd_data)
     return p
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from metarl.analysis import report
+    from metarl.runs import RunDir
+
+    if len(args.runs) > 2 or (args.checkpoints and len(args.runs) > 1):
+        raise UserError("analyze takes one run (optionally --checkpoints) or two runs to compare")
+    runs = [RunDir.open(r) for r in args.runs]
+    configs = [r.config() for r in runs]
+    if args.data_root:
+        for c in configs:
+            c.setdefault("data", {})["root"] = args.data_root
+    mod = _kind_module(configs[0]["kind"])
+    out = Path(args.out) if args.out else runs[0].path / "analysis"
+    state = runs[0].load_checkpoint()
+    probe = mod.analysis_probe(configs[0], state, args.tasks, args.seed)
+    name = runs[0].path.name
+    if len(runs) == 2:
+        if configs[1]["kind"] != configs[0]["kind"]:
+            raise UserError("the two runs must be of the same kind (both RL or both classification)")
+        pre_a, _ = mod.capture(configs[0], state, probe, args.adapt)
+        pre_b, _ = mod.capture(configs[1], runs[1].load_checkpoint(), probe, args.adapt)
+        table = report.compare(pre_a, pre_b, args.conv)
+        result = {"runs": args.runs, "layers": table, "body": report.body_average(table), "tasks": args.tasks}
+        result["json"] = str(report.write_json(result, out / f"vs_{runs[1].path.name}.json"))
+    elif args.checkpoints:
+        tables = {}
+        for snap in [*runs[0].snapshots(), None]:
+            s = runs[0].load_checkpoint(snap)
+            tables[s["iteration"]] = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
+        result = {"run": args.runs[0], "over_training": tables, "tasks": args.tasks}
+        result["png"] = str(report.line_chart(tables, out / "over_training.png", f"{name}: before vs after adaptation"))
+        result["json"] = str(report.write_json(result, out / "over_training.json"))
+    else:
+        table = report.compare(*mod.capture(configs[0], state, probe, args.adapt), args.conv)
+        result = {"run": args.runs[0], "iteration": state["iteration"], "layers": table, "tasks": args.tasks}
+        title = f"{name} (iteration {state['iteration']}): before vs after adaptation"
+        result["png"] = str(report.bar_chart(table, out / "adaptation_similarity.png", title))
+        result["json"] = str(report.write_json(result, out / "adaptation_similarity.json"))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_analysis(result))
+    return 0
+
+
+def format_analysis(result: dict[str, Any]) -> str:
+    lines = []
+    tables = result.get("over_training") or {result.get("iteration", "final"): result["layers"]}
+    for it, table in tables.items():
+        lines.append(
+            f"iteration {it}" if "over_training" in result else " vs ".join(result.get("runs", [result.get("run")]))
+        )
+        lines.append(f"  {'layer':<10} {'CCA':>6} {'CKA':>6} {'change':>7}")
+        lines += [
+            f"  {layer:<10} {row['cca']:6.3f} {row['cka']:6.3f} {row['relative_change']:7.4f}"
+            for layer, row in table.items()
+        ]
+    if "body" in result:
+        lines.append(f"  body average: CCA {result['body']['cca']:.3f}  CKA {result['body']['cka']:.3f}")
+    lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
+    return "\n".join(lines)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -64,13 +64,17 @@ class GaussianMLPPolicy(nn.Module):
         head = ["head.weight", "head.bias"] + (["log_std"] if self.adapt_log_std else [])
         return [*layers, ("head", head)]
 
-    def forward(self, x: Tensor, stage: str = "full") -> Tensor | tuple[Tensor, Tensor]:
-        """`full`: obs -> (mean, std); `body`: obs -> last hidden features; `head`: features -> (mean, std)."""
+    def forward(self, x: Tensor, stage: str = "full") -> Tensor | tuple[Tensor, Tensor] | dict[str, Tensor]:
+        """`full`: obs -> (mean, std); `body`: obs -> last hidden features; `head`: features -> (mean, std);
+        `layers`: obs -> every layer's output by name (for representation analysis)."""
+        outputs = {}
         if stage != "head":
-            for layer in self.hidden:
-                x = self.activation(_linear(x, layer))
+            for i, layer in enumerate(self.hidden):
+                x = outputs[f"layer{i + 1}"] = self.activation(_linear(x, layer))
             if stage == "body":
                 return x
+        if stage == "layers":
+            return {**outputs, "head": _linear(x, self.head)}
         mean = _linear(x, self.head)
         std = self.log_std.clamp(min=self.min_log_std).exp().unsqueeze(-2)
         return mean, std.expand_as(mean)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.func import functional_call
 
 import envs
 from metarl.adaptation import AdaptationSpec, Params, meta_parameters, step_sizes
@@ -174,3 +175,43 @@ def evaluate_run(config: dict[str, Any], state: dict[str, Any], args) -> dict[st
         raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
     seed = ev["seed"] if args.seed is None else args.seed
     return evaluate(config, state["model"]["policy"], adapt, inner_steps, tasks, seed)
+
+
+def _policy_and_learner(config: dict[str, Any], policy_state: dict[str, Any], spec: str | None = None):
+    torch.set_num_threads(config["training"]["torch_threads"])
+    engine = build_engine(config)
+    policy = build_policy(config, engine)
+    policy.load_state_dict(policy_state)
+    return engine, policy, build_learner(config, policy, spec=spec)
+
+
+def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, seed: int, max_states: int = 1000):
+    """Tasks, support episodes (pre-adaptation policy) and query states (after adaptation)."""
+    engine, policy, learner = _policy_and_learner(config, state["model"]["policy"])
+    rng = np.random.default_rng(seed)
+    task_list = engine.sample_tasks(tasks, rng)
+    per_task = config["evaluation"]["trajectories_per_task"]
+    params = meta_parameters(policy)
+    support = sample(engine, policy, params, task_list, per_task, rng)
+    adapted = learner.adapt(params, support, learner.advantages(support), first_order=True)
+    query = sample(engine, policy, detached(adapted), task_list, per_task, rng)
+    obs, mask = query.flat("obs"), query.flat("mask").bool()
+    states = [obs[t][mask[t]][:max_states] for t in range(len(task_list))]
+    return {"support": support, "states": states}
+
+
+def capture(config: dict[str, Any], state: dict[str, Any], probe, spec: str | None = None):
+    """Every layer's output on the probe's states, before and after adapting on its support episodes."""
+    _, policy, learner = _policy_and_learner(config, state["model"]["policy"], spec)
+    params = meta_parameters(policy)
+    support = probe["support"]
+    with torch.no_grad():
+        adapted = detached(learner.adapt(params, support, learner.advantages(support), first_order=True))
+        pre: dict[str, list] = {}
+        post: dict[str, list] = {}
+        for t, states in enumerate(probe["states"]):
+            task_params = {k: v[t] if v.dim() > params[k].dim() else v for k, v in adapted.items()}
+            for out, p in ((pre, params), (post, task_params)):
+                for layer, x in functional_call(policy, p, (states,), {"stage": "layers"}).items():
+                    out.setdefault(layer, []).append(x.double().numpy())
+    return pre, post

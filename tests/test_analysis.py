@@ -61,3 +61,12 @@ def test_charts_and_json(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     out = write_json({"layers": table, "x": np.float32(1.5)}, tmp_path / "a.json")
     assert json.loads(out.read_text())["x"] == 1.5
+
+
+def test_relative_change_sees_a_shift_that_cca_and_cka_ignore():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 4))
+    table = compare({"head": [x]}, {"head": [x + 0.5]})["head"]
+    assert table["cca"] == pytest.approx(1.0, abs=1e-9) and table["cka"] == pytest.approx(1.0, abs=1e-9)
+    assert table["relative_change"] == pytest.approx(0.5 * np.sqrt(300 * 4) / np.linalg.norm(x - x.mean(0)))
+    assert compare({"head": [x]}, {"head": [x]})["head"]["relative_change"] == 0.0

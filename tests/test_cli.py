@@ -224,3 +224,25 @@ def test_plot_writes_png(tmp_path):
     out = tmp_path / "curves.png"
     assert main(["plot", str(run), "--out", str(out), "--window", "1"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
+    a = train(
+        tmp_path, "a", iterations=2, extra=["logging.snapshot_every=1"], config="configs/rl/navigation2d_maml.yaml"
+    )
+    b = train(tmp_path, "b", iterations=1, extra=["seed=3"], config="configs/rl/navigation2d_maml.yaml")
+    capsys.readouterr()
+    assert main(["analyze", str(a), "--tasks", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert list(r["layers"]) == ["layer1", "head"]
+    assert all(0.0 <= row["cca"] <= 1.0 + 1e-9 and 0.0 <= row["cka"] <= 1.0 + 1e-9 for row in r["layers"].values())
+    assert Path(r["png"]).read_bytes()[:4] == b"\x89PNG" and Path(r["json"]).exists()
+    assert main(["analyze", str(a), "--tasks", "2", "--adapt", "head", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["layers"]["layer1"]["cca"] == pytest.approx(1.0) and r["layers"]["layer1"]["relative_change"] == 0.0
+    assert main(["analyze", str(a), str(b), "--tasks", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["body"]) == {"cca", "cka"} and r["body"]["cka"] < 1.0
+    assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert sorted(int(k) for k in r["over_training"]) == [1, 2]

@@ -20,14 +20,25 @@ Capture = dict[str, list[np.ndarray]]
 MEASURES = {"cca": mean_cca, "cka": linear_cka}
 
 
+def relative_change(x: np.ndarray, y: np.ndarray) -> float:
+    """||y - x|| / ||x - mean(x)||: how far adaptation moved a layer's outputs, in units of their spread.
+
+    CCA and CKA are blind to translations and (CCA) to invertible linear maps, so a head
+    whose outputs shift as a whole (a policy steering elsewhere) still scores 1; this
+    measure sees that shift.
+    """
+    return float(np.linalg.norm(y - x) / max(np.linalg.norm(x - x.mean(0)), 1e-12))
+
+
 def compare(a: Capture, b: Capture, conv_mode: str = "positions") -> dict[str, dict[str, float]]:
-    """Mean (and std over tasks) CCA and CKA between two captures, layer by layer."""
+    """Mean (and std over tasks) CCA, CKA and relative change between two captures, layer by layer."""
     table: dict[str, dict[str, float]] = {}
+    measures = {**MEASURES, "relative_change": relative_change}
     for layer in a:
-        per_task: dict[str, list[float]] = {m: [] for m in MEASURES}
+        per_task: dict[str, list[float]] = {m: [] for m in measures}
         for x, y in zip(a[layer], b[layer], strict=True):
             x, y = conv_to_datapoints(x, conv_mode), conv_to_datapoints(y, conv_mode)
-            for name, fn in MEASURES.items():
+            for name, fn in measures.items():
                 per_task[name].append(fn(x, y))
         row: dict[str, float] = {}
         for name, values in per_task.items():
