@@ -46,6 +46,9 @@ def train(
         exp.load_state(state["model"])
         restore_rng_state(state["rng"], rng)
         start = state["iteration"]
+    elif logging["snapshot_every"] > 0:
+        # the initialisation too, so analyses over training start from iteration 0
+        run.save_checkpoint({"iteration": 0, "model": exp.state(), "rng": rng_state(rng)}, snapshot=True)
     run.truncate_metrics(start)
     writer = SummaryWriter(str(run.path / "tb"), purge_step=start if start else None)
     rows = []

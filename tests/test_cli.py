@@ -245,4 +245,4 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert set(r["body"]) == {"cca", "cka"} and r["body"]["cka"] < 1.0
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert sorted(int(k) for k in r["over_training"]) == [1, 2]
+    assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2]
