@@ -135,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=cmd_analyze)
 
+    sm = sub.add_parser("summarize", help="evaluate many runs; markdown table of mean +- std over seeds")
+    sm.add_argument("runs", nargs="+", metavar="RUN")
+    sm.add_argument("--adapt", help="as for evaluate (default: each run's own spec)")
+    sm.add_argument("--inner-steps", type=int)
+    sm.add_argument("--tasks", type=int)
+    sm.add_argument("--seed", type=int)
+    sm.add_argument("--data-root")
+    sm.add_argument("--json", action="store_true", help="print every run's result as JSON")
+    sm.set_defaults(func=cmd_summarize)
+
     pl = sub.add_parser("plot", help="PNG of pre/post-adaptation training curves of one or more runs")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", required=True, help="PNG file to write")
@@ -211,6 +221,14 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append(f"  body average: CCA {result['body']['cca']:.3f}  CKA {result['body']['cka']:.3f}")
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from metarl.summary import markdown, summarize
+
+    groups = summarize(args.runs, args, _kind_module)
+    print(json.dumps(groups) if args.json else markdown(groups))
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

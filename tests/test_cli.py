@@ -246,3 +246,14 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2]
+
+
+def test_summarize_groups_seeds(tmp_path, capsys):
+    runs = [train(tmp_path, f"s{s}", iterations=1, extra=[f"seed={s}"]) for s in (0, 1)]
+    capsys.readouterr()
+    assert main(["summarize", *map(str, runs), "--tasks", "3", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert list(groups) == ["navigation2d ANIL"] and [r["seed"] for r in groups["navigation2d ANIL"]] == [0, 1]
+    assert main(["summarize", *map(str, runs), "--tasks", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "| navigation2d ANIL | head | 0,1 | 1 |" in table and "±" in table
