@@ -85,6 +85,18 @@ def step_sizes(lr: float | Sequence[float], steps: int) -> list[float]:
     return lrs
 
 
+def evaluation_step_sizes(config: dict, inner_steps: int) -> list[float]:
+    """Test-time step sizes: evaluation.inner_lr (else adaptation.inner_lr), one per step.
+
+    A list shorter than the number of test steps repeats its last entry, so Finn et al.'s
+    schedule (0.1, then 0.05) is written [0.1, 0.05] for any number of steps.
+    """
+    lr = config["evaluation"]["inner_lr"]
+    lr = config["adaptation"]["inner_lr"] if lr is None else lr
+    lrs = step_sizes(lr, len(lr)) if isinstance(lr, list) else step_sizes(lr, inner_steps)
+    return (lrs + lrs[-1:] * inner_steps)[:inner_steps]
+
+
 def inner_update(
     params: Params,
     loss_fn: Callable[[Params], Tensor],

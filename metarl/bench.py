@@ -157,7 +157,7 @@ def run(args) -> dict[str, Any]:
     if args.task:
         from classification.bench import meta_step as cls_meta_step
 
-        return cls_meta_step(args.task, args.repeats)
+        return cls_meta_step(args.task, args.repeats, threads=threads)
     return meta_step(args.env or "navigation2d", args.repeats, threads)
 
 

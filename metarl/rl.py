@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 
 import envs
-from metarl.adaptation import AdaptationSpec, Params, meta_parameters, step_sizes
+from metarl.adaptation import AdaptationSpec, Params, evaluation_step_sizes, meta_parameters, step_sizes
 from metarl.algorithms import MetaLearner, OuterConfig
 from metarl.errors import UserError
 from metarl.policies import GaussianMLPPolicy
@@ -134,9 +134,7 @@ def evaluate(
     policy = build_policy(config, engine)
     policy.load_state_dict(policy_state)
     learner = build_learner(config, policy, spec=adapt)
-    lr = ev["inner_lr"] if ev["inner_lr"] is not None else config["adaptation"]["inner_lr"]
-    lrs = step_sizes(lr, len(lr)) if isinstance(lr, list) else step_sizes(lr, inner_steps)
-    lrs = (lrs + [lrs[-1]] * inner_steps)[:inner_steps]
+    lrs = evaluation_step_sizes(config, inner_steps)
     rng = np.random.default_rng(seed)
     task_list = engine.sample_tasks(tasks, rng)
     params = meta_parameters(policy)

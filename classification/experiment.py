@@ -1,0 +1,298 @@
+"""Few-shot classification experiments: MAML, first-order MAML and ANIL training; evaluation
+with any adaptation spec or the NIL read-out.
+
+The inner loop is `metarl.adaptation.inner_update`, the same one the RL learner uses; the
+algorithms differ only in the `AdaptationSpec` (full = MAML, head = ANIL) and `first_order`.
+A meta-batch of T tasks is one stacked tensor and the adapted parameters carry a leading task
+axis, so every inner step and the outer loss are a few batched ops (see classification.models).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from classification.data import (
+    ClassImages,
+    Task,
+    TaskSampler,
+    load_miniimagenet,
+    load_omniglot,
+    split_omniglot,
+)
+from classification.models import Conv4
+from metarl.adaptation import AdaptationSpec, Params, evaluation_step_sizes, inner_update, meta_parameters, step_sizes
+from metarl.errors import UserError
+
+
+def load_splits(config: dict[str, Any], data_root: str | None = None) -> dict[str, ClassImages]:
+    """The 'train' and 'test' class sets of the configured dataset (missing data: UserError)."""
+    d = config["data"]
+    root = data_root or d["root"]
+    if d["dataset"] == "omniglot":
+        return split_omniglot(load_omniglot(root), d["protocol"], d["split_seed"])
+    return {split: load_miniimagenet(root, split) for split in ("train", "test")}
+
+
+def rotates(config: dict[str, Any]) -> bool:
+    """Whether tasks get a random 90-degree rotation per class (Finn's Omniglot augmentation)."""
+    d = config["data"]
+    if d["rotate"] is not None:
+        return d["rotate"]
+    return d["dataset"] == "omniglot" and d["protocol"] == "cbfinn"
+
+
+def build_model(config: dict[str, Any], data: ClassImages) -> Conv4:
+    m = config["model"]
+    _, _, channels, height, width = data.images.shape
+    if height != width:
+        raise UserError(f"conv4 expects square images, the data has {height}x{width}")
+    return Conv4(config["task"]["ways"], channels, height, m["backbone"], m["filters"], m["batch_norm"])
+
+
+def support_loss(logits: Tensor, labels: Tensor, reduction: str, shots: int) -> Tensor:
+    """Per-task inner loss (T,): mean cross-entropy, or Finn's sum over N*K examples / K."""
+    ce = F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape)
+    return ce.mean(-1) if reduction == "mean" else ce.sum(-1) / shots
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-task accuracy (T,)."""
+    return (logits.argmax(-1) == labels).double().mean(-1)
+
+
+class Adapted(NamedTuple):
+    """The inner loop's result: per-task parameters, and the support and query inputs in the form
+    `stage` takes (images, or the body's features on the ANIL fast path)."""
+
+    params: Params
+    support: Tensor
+    query: Tensor
+    stage: str
+
+
+@dataclass
+class FewShotLearner:
+    """One model and one inner-loop setting: adapt on each task's support set, predict its queries.
+
+    `head_only` (adaptation within the head, i.e. ANIL) enables the fast path: the body runs
+    once on the support set and once on the query set, the inner steps see only the cached
+    features, and the outer gradient still reaches the body through them.
+    """
+
+    model: Conv4
+    spec: AdaptationSpec
+    lrs: list[float]
+    first_order: bool
+    reduction: str
+    shots: int
+
+    def __post_init__(self) -> None:
+        self.adapted = self.spec.resolve(self.model)
+        head = set(self.model.adaptation_layers()[-1][1])
+        self.head_only = bool(self.adapted) and set(self.adapted) <= head
+
+    def run(self, params: Params, x: Tensor, stage: str = "full") -> Tensor:
+        return functional_call(self.model, params, (x,), {"stage": stage})
+
+    def adapt(self, params: Params, task: Task, fast: bool = True) -> Adapted:
+        """Each task's adapted parameters (leading task axis) after the inner loop on its support set.
+
+        Batch-norm running statistics (model.batch_norm=running) are updated from the query pass
+        when the body runs here (ANIL fast path), otherwise in `query_logits`.
+        """
+        tasks = task.support_x.shape[0]
+        if fast and self.head_only:
+            support = self.run(params, task.support_x, "body")
+            with self.model.tracking_stats():
+                query = self.run(params, task.query_x, "body")
+            stage = "head"
+        else:
+            support, query, stage = task.support_x, task.query_x, "full"
+
+        def loss(p: Params) -> Tensor:
+            return support_loss(self.run(p, support, stage), task.support_y, self.reduction, self.shots).sum()
+
+        adapted = inner_update(params, loss, self.adapted, self.lrs, self.first_order, task_dim=tasks)
+        return Adapted(adapted, support, query, stage)
+
+    def query_logits(
+        self, params: Params, task: Task, fast: bool = True, with_pre: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Post-adaptation query logits (T, N*Q, N), and if asked the support logits before
+        adaptation (no grad; Finn's "pre-update" accuracy, cheap: the support set is small and
+        ANIL has its features cached)."""
+        a = self.adapt(params, task, fast)
+        with self.model.tracking_stats() if a.stage == "full" else nullcontext():
+            logits = self.run(a.params, a.query, a.stage)
+        pre = None
+        if with_pre:
+            with torch.no_grad():
+                pre = self.run(params, a.support, a.stage)
+        return logits, pre
+
+
+def nil_logits(features_s: Tensor, labels_s: Tensor, features_q: Tensor, ways: int) -> Tensor:
+    """NIL read-out: softmax over the cosine similarities of each query to every support example,
+    weighting the one-hot support labels (Matching Networks with a fixed encoder). (T, Q, N)."""
+    sim = F.normalize(features_q, dim=-1) @ F.normalize(features_s, dim=-1).transpose(-1, -2)
+    return sim.softmax(-1) @ F.one_hot(labels_s, ways).to(sim.dtype)
+
+
+class ClassificationExperiment:
+    """One meta-iteration = draw a meta-batch of tasks, adapt on support, Adam step on query loss.
+
+    Metrics: `loss` (the outer loss: query cross-entropy after adaptation), `post_accuracy` (query
+    set, after adaptation), `pre_accuracy` (support set before adaptation, as in Finn's logs: about
+    1/N, since labels are assigned to classes at random per task; a sanity check, nearly free).
+    """
+
+    tensorboard_tags = {
+        "pre_accuracy": "accuracy/pre_adaptation",
+        "post_accuracy": "accuracy/post_adaptation",
+        "loss": "train/loss",
+        "iteration_s": "perf/iteration_s",
+    }
+    progress = {"pre": "pre_accuracy", "post": "post_accuracy"}
+
+    def __init__(
+        self, config: dict[str, Any], rng: np.random.Generator, splits: dict[str, ClassImages] | None = None
+    ) -> None:
+        torch.set_num_threads(config["training"]["torch_threads"])
+        self.config = config
+        t, a = config["task"], config["adaptation"]
+        train = (splits or load_splits(config))["train"]
+        try:
+            self.sampler = TaskSampler(
+                train, t["ways"], t["shots"], t["queries"], rotates(config), seed=int(rng.integers(2**62))
+            )
+        except ValueError as e:
+            raise UserError(f"task settings do not fit the training data: {e}") from None
+        self.model = build_model(config, train)
+        self.model.train()
+        self.learner = FewShotLearner(
+            self.model,
+            AdaptationSpec(a["spec"]),
+            step_sizes(a["inner_lr"], a["inner_steps"]),
+            a["first_order"],
+            a["loss_reduction"],
+            t["shots"],
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["training"]["outer_lr"])
+        self.iterations = config["training"]["iterations"]
+        self.meta_batch_size = config["training"]["meta_batch_size"]
+
+    def iteration(self, it: int) -> dict[str, float]:
+        task = self.sampler.sample_batch(self.meta_batch_size)
+        logits, pre = self.learner.query_logits(meta_parameters(self.model), task, with_pre=True)
+        loss = F.cross_entropy(logits.flatten(0, 1), task.query_y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {
+            "loss": loss.item(),
+            "pre_accuracy": accuracy(pre, task.support_y).mean().item(),
+            "post_accuracy": accuracy(logits.detach(), task.query_y).mean().item(),
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+
+
+def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> ClassificationExperiment:
+    return ClassificationExperiment(config, rng)
+
+
+def evaluate(
+    config: dict[str, Any],
+    model_state: dict[str, Any],
+    adapt: str,
+    inner_steps: int,
+    tasks: int,
+    seed: int,
+    data_root: str | None = None,
+    splits: dict[str, ClassImages] | None = None,
+) -> dict[str, Any]:
+    """Mean query accuracy over `tasks` test-split tasks drawn with `seed`, 95% interval 1.96*sd/sqrt(n).
+
+    `adapt` is an adaptation spec (full, head, none, freeze:K, parameter names) for `inner_steps`
+    first-order steps, or `nil` (no inner loop, no head: the cosine read-out on body features).
+    """
+    torch.set_num_threads(config["training"]["torch_threads"])
+    t = config["task"]
+    test = (splits or load_splits(config, data_root))["test"]
+    queries = t["shots"] if t["test_queries"] is None else t["test_queries"]
+    try:
+        sampler = TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed)
+    except ValueError as e:
+        raise UserError(f"task settings do not fit the test data: {e}") from None
+    model = build_model(config, test)
+    model.load_state_dict(model_state)
+    model.eval()
+    params = {k: v.detach() for k, v in meta_parameters(model).items()}
+    lrs = evaluation_step_sizes(config, inner_steps)
+    learner = None
+    if adapt != "nil":
+        learner = FewShotLearner(
+            model,
+            AdaptationSpec(adapt),
+            lrs,
+            True,
+            config["adaptation"]["loss_reduction"],
+            t["shots"],
+        )
+    per_task = []
+    chunk = max(config["training"]["meta_batch_size"], 1)
+    for start in range(0, tasks, chunk):
+        task = sampler.sample_batch(min(chunk, tasks - start))
+        with torch.no_grad():
+            if learner is None:
+                s, q = model(task.support_x, "body"), model(task.query_x, "body")
+                logits = nil_logits(s, task.support_y, q, t["ways"])
+            else:
+                logits, _ = learner.query_logits(params, task)
+        per_task.append(accuracy(logits, task.query_y))
+    acc = torch.cat(per_task)
+    ci = 1.96 * acc.std().item() / math.sqrt(tasks) if tasks > 1 else 0.0
+    return {
+        "adapt": adapt,
+        "tasks": tasks,
+        "accuracy": acc.mean().item(),
+        "ci95": ci,
+        "inner_steps": 0 if adapt == "nil" else inner_steps,
+        "inner_lrs": [] if adapt == "nil" else lrs,
+        "seed": seed,
+        "ways": t["ways"],
+        "shots": t["shots"],
+        "queries": queries,
+    }
+
+
+def evaluate_run(config: dict[str, Any], state: dict[str, Any], args: Any) -> dict[str, Any]:
+    """`metarl evaluate` for classification runs: CLI options override the evaluation section."""
+    ev = config["evaluation"]
+    adapt = args.adapt or config["adaptation"]["spec"]
+    inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
+    tasks = ev["tasks"] if args.tasks is None else args.tasks
+    if inner_steps < 0 or tasks < 1:
+        raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
+    seed = ev["seed"] if args.seed is None else args.seed
+    data_root = getattr(args, "data_root", None)
+    return evaluate(config, state["model"]["model"], adapt, inner_steps, tasks, seed, data_root)
