@@ -296,3 +296,38 @@ def evaluate_run(config: dict[str, Any], state: dict[str, Any], args: Any) -> di
     seed = ev["seed"] if args.seed is None else args.seed
     data_root = getattr(args, "data_root", None)
     return evaluate(config, state["model"]["model"], adapt, inner_steps, tasks, seed, data_root)
+
+
+ANALYSIS_QUERIES = 19  # per class (at most what the data holds): datapoints for CCA on small late conv maps
+
+
+def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, seed: int) -> Task:
+    """Test-split tasks with `ANALYSIS_QUERIES` query images per class, the same for every model."""
+    t = config["task"]
+    test = load_splits(config, config["data"]["root"])["test"]
+    queries = min(ANALYSIS_QUERIES, test.images.shape[1] - t["shots"])
+    return TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed).sample_batch(tasks)
+
+
+def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: str | None = None):
+    """Every layer's output on the probe's queries, before and after the test-time inner loop."""
+    torch.set_num_threads(config["training"]["torch_threads"])
+    model = build_model(config, load_splits(config, config["data"]["root"])["test"])
+    model.load_state_dict(state["model"]["model"])
+    model.eval()
+    params = {k: v.detach() for k, v in meta_parameters(model).items()}
+    lrs = evaluation_step_sizes(config, config["evaluation"]["inner_steps"])
+    learner = FewShotLearner(
+        model,
+        AdaptationSpec(spec or config["adaptation"]["spec"]),
+        lrs,
+        True,
+        config["adaptation"]["loss_reduction"],
+        config["task"]["shots"],
+    )
+    adapted = learner.adapt(params, probe, fast=False).params
+    with torch.no_grad():
+        pre = learner.run(params, probe.query_x, "layers")
+        post = learner.run({k: v.detach() for k, v in adapted.items()}, probe.query_x, "layers")
+    as_lists = lambda d: {k: list(v.double().numpy()) for k, v in d.items()}  # noqa: E731
+    return as_lists(pre), as_lists(post)

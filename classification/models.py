@@ -118,19 +118,24 @@ class Conv4(nn.Module):
         convs = [(f"conv{i}", [f"conv{i}.weight", f"conv{i}.bias"]) for i in range(1, 5)]
         return [*convs, ("head", ["head.weight", "head.bias"])]
 
-    def forward(self, x: Tensor, stage: str = "full") -> Tensor:
-        """`full`: images -> logits; `body`: images -> penultimate features; `head`: features -> logits.
+    def forward(self, x: Tensor, stage: str = "full") -> Tensor | dict[str, Tensor]:
+        """`full`: images -> logits; `body`: images -> penultimate features; `head`: features -> logits;
+        `layers`: images -> every layer's output by name (conv maps and logits, for analysis).
 
         Shapes: (B, C, H, W) -> (B, F) -> (B, N), or with a leading task axis T throughout.
         """
+        if stage == "layers":
+            maps: dict[str, Tensor] = {}
+            features = self.features(x, maps)
+            return {**maps, "head": self(features, "head")}
         if stage != "head":
             x = self.features(x)
             if stage == "body":
                 return x
         return x @ self.head.weight.transpose(-1, -2) + self.head.bias.unsqueeze(-2)
 
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate features, (B, F) or (T, B, F)."""
+    def features(self, x: Tensor, maps: dict[str, Tensor] | None = None) -> Tensor:
+        """Penultimate features, (B, F) or (T, B, F); `maps` collects each conv block's output."""
         batched = x.ndim == 5
         tasks, b = (x.shape[0], x.shape[1]) if batched else (1, x.shape[0])
         h = x.transpose(0, 1).flatten(1, 2) if batched else x
@@ -139,6 +144,9 @@ class Conv4(nn.Module):
             h = getattr(self, f"norm{i}")(h, tasks)
             # max-pool before ReLU: the same function (ReLU is monotonic), on a 4x smaller tensor.
             h = F.relu(F.max_pool2d(h, 2) if self.pool else h)
+            if maps is not None:
+                m = h.unflatten(1, (tasks, -1)).transpose(0, 1)  # (T, B, C, H, W)
+                maps[f"conv{i}"] = m if batched else m.squeeze(0)
         f = h.mean((2, 3)) if self.mean_features else h
         f = f.reshape(b, tasks, -1).transpose(0, 1)
         return f if batched else f.squeeze(0)

@@ -313,3 +313,17 @@ def test_bench_meta_step_runs():
 def test_synthetic_class_images_shape():
     data = bench.synthetic_data("miniimagenet-5w5s")
     assert isinstance(data, ClassImages) and data.images.shape[1:] == (20, 3, 84, 84)
+
+
+def test_analyze_classification_run(tmp_path, capsys):
+    """Figure 2 machinery on a tiny generated Omniglot run: layers conv1..conv4 and head."""
+    root = make_omniglot(tmp_path / "data")
+    assert train("omniglot_5w1s_maml.yaml", tmp_path / "run", root) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert list(r["layers"]) == ["conv1", "conv2", "conv3", "conv4", "head"]
+    assert all(0 <= row["cka"] <= 1 + 1e-9 for row in r["layers"].values())
+    assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--adapt", "head", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["layers"]["conv3"]["relative_change"] == 0.0 and r["layers"]["head"]["relative_change"] > 0
