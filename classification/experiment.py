@@ -30,6 +30,7 @@ from classification.data import (
 )
 from classification.models import Conv4
 from metarl.adaptation import AdaptationSpec, Params, evaluation_step_sizes, inner_update, meta_parameters, step_sizes
+from metarl.config import evaluation_options
 from metarl.errors import UserError
 
 
@@ -287,13 +288,7 @@ def evaluate(
 
 def evaluate_run(config: dict[str, Any], state: dict[str, Any], args: Any) -> dict[str, Any]:
     """`metarl evaluate` for classification runs: CLI options override the evaluation section."""
-    ev = config["evaluation"]
-    adapt = args.adapt or config["adaptation"]["spec"]
-    inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
-    tasks = ev["tasks"] if args.tasks is None else args.tasks
-    if inner_steps < 0 or tasks < 1:
-        raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
-    seed = ev["seed"] if args.seed is None else args.seed
+    adapt, inner_steps, tasks, seed = evaluation_options(config, args)
     data_root = getattr(args, "data_root", None)
     return evaluate(config, state["model"]["model"], adapt, inner_steps, tasks, seed, data_root)
 

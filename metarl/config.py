@@ -174,5 +174,17 @@ def _import_kind(kind: str) -> None:
         raise UserError(f"config key 'kind' must be one of {sorted(CHOICES['kind'])}, got {kind!r}")
 
 
+def evaluation_options(config: dict[str, Any], args: Any) -> tuple[str, int, int, int]:
+    """(adapt, inner_steps, tasks, seed): `metarl evaluate`'s options, else the config's evaluation section."""
+    ev = config["evaluation"]
+    adapt = args.adapt or config["adaptation"]["spec"]
+    inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
+    tasks = ev["tasks"] if args.tasks is None else args.tasks
+    if inner_steps < 0 or tasks < 1:
+        raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
+    seed = ev["seed"] if args.seed is None else args.seed
+    return adapt, inner_steps, tasks, seed
+
+
 def dump(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False)

@@ -13,6 +13,7 @@ from torch.func import functional_call
 import envs
 from metarl.adaptation import AdaptationSpec, Params, evaluation_step_sizes, meta_parameters, step_sizes
 from metarl.algorithms import MetaLearner, OuterConfig
+from metarl.config import evaluation_options
 from metarl.errors import UserError
 from metarl.policies import GaussianMLPPolicy
 from metarl.samplers import Episodes, sample
@@ -163,15 +164,9 @@ def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> RLExper
 
 def evaluate_run(config: dict[str, Any], state: dict[str, Any], args) -> dict[str, Any]:
     """`metarl evaluate` for RL runs: CLI options override the config's evaluation section."""
-    ev = config["evaluation"]
-    adapt = args.adapt or config["adaptation"]["spec"]
+    adapt, inner_steps, tasks, seed = evaluation_options(config, args)
     if adapt == "nil":
         raise UserError("--adapt nil is a classification read-out; RL runs take full, head, none or freeze:K")
-    inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
-    tasks = ev["tasks"] if args.tasks is None else args.tasks
-    if inner_steps < 0 or tasks < 1:
-        raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
-    seed = ev["seed"] if args.seed is None else args.seed
     return evaluate(config, state["model"]["policy"], adapt, inner_steps, tasks, seed)
 
 
