@@ -218,7 +218,8 @@ def format_analysis(result: dict[str, Any]) -> str:
             for layer, row in table.items()
         ]
     if "body" in result:
-        lines.append(f"  body average: CCA {result['body']['cca']:.3f}  CKA {result['body']['cka']:.3f}")
+        body = result["body"]
+        lines.append(f"  body average: CCA {body['cca']:.3f}  PWCCA {body['pwcca']:.3f}  CKA {body['cka']:.3f}")
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)
 

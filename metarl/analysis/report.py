@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca
+from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca, pwcca
 
 Capture = dict[str, list[np.ndarray]]
-MEASURES = {"cca": mean_cca, "cka": linear_cka}
+# mean CCA weighs every canonical direction alike, so noisy low-variance directions pull it
+# down; PWCCA (Morcos et al. 2018, the CCA variant of the paper's analysis) weighs them by
+# how much of the representation they carry.
+MEASURES = {"cca": mean_cca, "pwcca": pwcca, "cka": linear_cka}
 
 
 def relative_change(x: np.ndarray, y: np.ndarray) -> float:
@@ -63,11 +66,12 @@ def bar_chart(table: dict[str, dict[str, float]], out: Path, title: str) -> Path
     layers = list(table)
     x = np.arange(len(layers))
     fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(layers) + 2), 3.6), dpi=120)
+    width = 0.8 / len(MEASURES)
     for i, m in enumerate(MEASURES):
         ax.bar(
-            x + (i - 0.5) * 0.38,
+            x + (i - (len(MEASURES) - 1) / 2) * width,
             [table[layer][m] for layer in layers],
-            0.38,
+            width,
             label=m.upper(),
             yerr=[table[layer][f"{m}_std"] for layer in layers],
             capsize=2,
