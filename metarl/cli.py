@@ -212,9 +212,9 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append(
             f"iteration {it}" if "over_training" in result else " vs ".join(result.get("runs", [result.get("run")]))
         )
-        lines.append(f"  {'layer':<10} {'CCA':>6} {'CKA':>6} {'change':>7}")
+        lines.append(f"  {'layer':<10} {'CCA':>6} {'PWCCA':>6} {'CKA':>6} {'change':>7}")
         lines += [
-            f"  {layer:<10} {row['cca']:6.3f} {row['cka']:6.3f} {row['relative_change']:7.4f}"
+            f"  {layer:<10} {row['cca']:6.3f} {row['pwcca']:6.3f} {row['cka']:6.3f} {row['relative_change']:7.3f}"
             for layer, row in table.items()
         ]
     if "body" in result:
