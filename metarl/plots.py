@@ -32,7 +32,7 @@ def plot_runs(runs: list[str], out: str | Path, window: int = 10, title: str | N
     """One panel: pre- and post-adaptation curves of every run (moving average over `window`)."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ylabel = "average return"
-    for path in runs:
+    for n, path in enumerate(runs):
         run = RunDir.open(path)
         kind = run.config()["kind"]
         rows = run.metrics()
@@ -43,7 +43,8 @@ def plot_runs(runs: list[str], out: str | Path, window: int = 10, title: str | N
         for i, (key, label) in enumerate(CURVES[kind]):
             xs = [r["iteration"] for r in rows if key in r]
             ys = smooth([r[key] for r in rows if key in r], window)
-            ax.plot(xs, ys, label=f"{run.path.name}: {label}", linestyle="--" if i == 0 else "-")
+            style = {"color": f"C{n}", "linestyle": "--" if i == 0 else "-", "alpha": 0.6 if i == 0 else 1.0}
+            ax.plot(xs, ys, label=f"{run.path.name}: {label}", **style)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(ylabel)
     ax.set_title(title or "training curves")
