@@ -229,3 +229,19 @@ def test_analytic_outer_equals_autograd_outer(spec, lrs, first_order, activation
     theta = flat_params(policy) + 0.1 * v
     for a, b in zip(new.trial(theta), ref.trial(theta), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["full", "head", "freeze:1", "head.weight,log_std"])
+@pytest.mark.parametrize("lrs", [[0.3], [0.3, 0.2]])
+def test_analytic_first_order_adapt_equals_inner_update(setup, spec, lrs):
+    """The sampler's adapted policies (hand-derived first-order steps) are those of inner_update."""
+    policy, pre, _ = setup
+    ml = learner(policy, spec, lrs=lrs)
+    adv = ml.advantages(pre)
+    params = meta_parameters(policy)
+    fast = ml.adapt(params, pre, adv, first_order=True)
+    ml.analytic = None
+    slow = ml.adapt(params, pre, adv, first_order=True)
+    assert fast.keys() == slow.keys()
+    for n in fast:
+        assert fast[n].shape == slow[n].shape and torch.allclose(fast[n], slow[n], atol=1e-12), n
