@@ -2,7 +2,7 @@
 
 MAML and ANIL are the same algorithm with a different `AdaptationSpec`. The whole
 meta-batch is processed at once: adapted parameters carry a leading task axis and every
-loss is a per-task masked mean, so the second-order meta-gradient and the TRPO
+loss is a per-task weighted mean over valid steps (`Episodes.weights`), so the second-order meta-gradient and the TRPO
 Hessian-vector products are a few batched passes, not a loop over tasks. For the
 Gaussian MLP policy those passes are written out by hand (`_AnalyticOuter`, built on
 `policies.AnalyticMLP`): the same mathematics as the autograd path (`_AutogradOuter`, used
@@ -26,9 +26,9 @@ from metarl.policies import AnalyticMLP, Trace, body_features, distribution, kl_
 from metarl.samplers import Episodes
 
 
-def task_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over each task's valid steps: (T, M) -> (T,)."""
-    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+def task_mean(x: Tensor, weights: Tensor) -> Tensor:
+    """Weighted mean over each task's steps, (T, M) -> (T,); see `Episodes.weights`."""
+    return (x * weights).sum(-1)
 
 
 def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
@@ -62,6 +62,7 @@ class OuterConfig:
     gae_lambda: float = 1.0
     baseline_reg: float = 1e-5
     baseline_clip_obs: float | None = None
+    step_weighting: str = "episode"  # or "step": see Episodes.weights
 
 
 class MetaLearner:
@@ -92,13 +93,17 @@ class MetaLearner:
 
     def advantages(self, ep: Episodes) -> Tensor:
         c = self.cfg
-        adv = advantages(ep.obs, ep.rewards, ep.mask, c.gamma, c.gae_lambda, c.baseline_reg, c.baseline_clip_obs)
+        w = self.weights(ep).view_as(ep.mask)
+        adv = advantages(ep.obs, ep.rewards, ep.mask, c.gamma, c.gae_lambda, c.baseline_reg, c.baseline_clip_obs, w)
         return adv.reshape(ep.num_tasks, -1)
+
+    def weights(self, ep: Episodes) -> Tensor:
+        return ep.weights(self.cfg.step_weighting)
 
     def pg_loss(self, params: Params, x: Tensor, ep: Episodes, adv: Tensor, stage: str = "full") -> Tensor:
         """REINFORCE loss per task, -mean(log pi(a|s) A): (T,)."""
         mean, std = distribution(self.policy, params, x, stage)
-        return -task_mean(log_prob(mean, std, ep.flat("actions")) * adv, ep.flat("mask"))
+        return -task_mean(log_prob(mean, std, ep.flat("actions")) * adv, self.weights(ep))
 
     def adapt(
         self,
@@ -120,9 +125,9 @@ class MetaLearner:
             # The first-order inner gradient is a constant for autograd: compute it by hand,
             # chunk by chunk of tasks, and take the very same steps.
             adapted, params, per_task = self.adapted_names, dict(params), batched
-            obs, actions, mask = ep.flat("obs"), ep.flat("actions"), ep.flat("mask")
+            obs, actions, w = ep.flat("obs"), ep.flat("actions"), self.weights(ep)
             chunks = _task_chunks(ep.num_tasks, obs.shape[1])
-            inners = [_InnerLoss(obs[s], actions[s], mask[s], adv[s]) for s in chunks]
+            inners = [_InnerLoss(obs[s], actions[s], w[s], adv[s]) for s in chunks]
             for lr in lrs:
                 with torch.no_grad():
                     parts = [
@@ -156,12 +161,12 @@ class MetaLearner:
         return distribution(self.policy, adapted, post_obs)
 
     def surrogate(self, mean: Tensor, std: Tensor, post: Episodes, post_adv: Tensor, old_logp: Tensor) -> Tensor:
-        """-mean(exp(log pi_new - log pi_old) A), per-task masked means averaged over tasks."""
+        """-mean(exp(log pi_new - log pi_old) A), per-task weighted means averaged over tasks."""
         ratio = torch.exp(log_prob(mean, std, post.flat("actions")) - old_logp)
-        return -task_mean(ratio * post_adv, post.flat("mask")).mean()
+        return -task_mean(ratio * post_adv, self.weights(post)).mean()
 
     def kl(self, old: tuple[Tensor, Tensor], mean: Tensor, std: Tensor, post: Episodes) -> Tensor:
-        return task_mean(kl_divergence(old[0], old[1], mean, std), post.flat("mask")).mean()
+        return task_mean(kl_divergence(old[0], old[1], mean, std), self.weights(post)).mean()
 
     def step(self, pre: Episodes, post: Episodes) -> dict[str, float]:
         """One outer update from pre- and post-adaptation episodes of the same tasks."""
@@ -242,9 +247,8 @@ class _AutogradOuter(_OuterProblem):
         self.loss = loss.item()
         self.g = _flat(torch.autograd.grad(loss, self.tensors, retain_graph=True))
         self.mean, self.std = mean, std
-        mask = post.flat("mask")
-        weight = (mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / mask.shape[0]).unsqueeze(-1)
-        self.metric = weight / self.old[1].pow(2)
+        post_w = learner.weights(post)
+        self.metric = (post_w / post_w.shape[0]).unsqueeze(-1) / self.old[1].pow(2)
         self.jt_u = None
 
     def fvp(self, v: Tensor) -> Tensor:
@@ -295,11 +299,11 @@ class _InnerPoint:
 
 class _InnerLoss:
     """Every task's inner loss, -mean(log pi(a|s) A) = sum_m c_m (|a - mean|^2 / 2 std^2 + log std)
-    + const with c = A mask / (valid steps), and its derivatives with respect to the policy's
+    + const with c = A w (w: the per-step weights), and its derivatives with respect to the policy's
     outputs: d/dmean = -c r / std^2 (r = a - mean), d/dlog_std = sum_m c (1 - r^2 / std^2)."""
 
-    def __init__(self, obs: Tensor, actions: Tensor, mask: Tensor, adv: Tensor) -> None:
-        self.c = (adv * mask / mask.sum(-1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)
+    def __init__(self, obs: Tensor, actions: Tensor, weights: Tensor, adv: Tensor) -> None:
+        self.c = (adv * weights).unsqueeze(-1)
         self.x, self.actions = obs, actions
 
     def step(self, mlp: AnalyticMLP, params: Params, adapted: list[str], second_order: bool = False) -> _InnerPoint:
@@ -402,12 +406,12 @@ class _AnalyticOuter(_OuterProblem):
         self.mlp, self.adapted, self.first_order = learner.analytic, learner.adapted_names, learner.first_order
         self.lrs = learner.inner_lrs
         self.theta = {n: p.detach() for n, p in params.items()}
-        obs, actions, mask = post.flat("obs"), post.flat("actions"), post.flat("mask")
+        obs, actions, post_w = post.flat("obs"), post.flat("actions"), learner.weights(post)
         self.chunks = _task_chunks(post.num_tasks, obs.shape[1])
-        pre_obs, pre_actions, pre_mask = pre.flat("obs"), pre.flat("actions"), pre.flat("mask")
+        pre_obs, pre_actions, pre_w = pre.flat("obs"), pre.flat("actions"), learner.weights(pre)
         with torch.no_grad():
             self.blocks = [
-                _TaskBlock(self, _InnerLoss(pre_obs[s], pre_actions[s], pre_mask[s], pre_adv[s]), obs[s])
+                _TaskBlock(self, _InnerLoss(pre_obs[s], pre_actions[s], pre_w[s], pre_adv[s]), obs[s])
                 for s in self.chunks
             ]
             mean = torch.cat([b.post_trace.mean for b in self.blocks])
@@ -416,7 +420,7 @@ class _AnalyticOuter(_OuterProblem):
             self.old_logp = log_prob(mean, std, actions)
             self.loss = learner.surrogate(mean, std, post, post_adv, self.old_logp).item()
             # Surrogate -sum_m w A exp(logp - old_logp): its derivatives on (mean, log_std).
-            weight = (mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / mask.shape[0]).unsqueeze(-1)
+            weight = (post_w / post_w.shape[0]).unsqueeze(-1)
             rho = weight * (post_adv * torch.exp(log_prob(mean, std, actions) - self.old_logp)).unsqueeze(-1)
             r, ivar = actions - mean, std.pow(-2)
             g_mean, g_ls = -rho * r * ivar, -(rho * (r * r * ivar - 1.0)).sum(1)

@@ -71,12 +71,14 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return adv
 
 
-def standardize_per_task(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """Zero mean, unit std over each task's valid steps (dim 0 indexes tasks)."""
+def standardize_per_task(adv: Tensor, mask: Tensor, weights: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Zero mean, unit std within each task (dim 0), under per-step `weights` summing to 1 per
+    task (default: every valid step alike)."""
     dims = tuple(range(1, adv.dim()))
-    count = mask.sum(dims, keepdim=True)
-    mean = (adv * mask).sum(dims, keepdim=True) / count
-    var = ((adv - mean).pow(2) * mask).sum(dims, keepdim=True) / count
+    if weights is None:
+        weights = mask / mask.sum(dims, keepdim=True)
+    mean = (adv * weights).sum(dims, keepdim=True)
+    var = ((adv - mean).pow(2) * weights).sum(dims, keepdim=True)
     return (adv - mean) / (var.sqrt() + eps) * mask
 
 
@@ -88,7 +90,8 @@ def advantages(
     lam: float,
     reg: float = 1e-5,
     clip_obs: float | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Fit each task's baseline on its own batch, then standardised GAE on that batch."""
     values = fit_linear_baseline(obs, discounted_returns(rewards, mask, gamma), mask, reg, clip_obs)
-    return standardize_per_task(gae(rewards, values * mask, mask, gamma, lam), mask)
+    return standardize_per_task(gae(rewards, values * mask, mask, gamma, lam), mask, weights)

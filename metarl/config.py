@@ -44,6 +44,7 @@ RL_DEFAULTS: dict[str, Any] = {
         "outer_lr": 1e-3,
         "baseline_reg": 1e-5,
         "baseline_clip_obs": None,
+        "step_weighting": "episode",
         "torch_threads": 1,
     },
     "evaluation": {"tasks": 40, "inner_steps": 1, "inner_lr": None, "trajectories_per_task": 20, "seed": 1000},
@@ -60,6 +61,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("rl", "classification"),
     "training.outer": ("trpo", "vpg"),
+    "training.step_weighting": ("episode", "step"),
     "policy.activation": ("tanh", "relu"),
 }
 

@@ -42,6 +42,20 @@ class Episodes:
         x = getattr(self, name)
         return x.reshape(x.shape[0], -1, *x.shape[3:])
 
+    def weights(self, mode: str = "episode") -> Tensor:
+        """Per-step weights (T, N*H) that sum to 1 within each task, zero after episode ends.
+
+        `episode` weighs every trajectory alike, each by the mean over its own steps (the
+        most used PyTorch reproduction); `step` weighs every valid step alike, so long
+        trajectories count more. They differ only when episodes end early (2D-Navigation).
+        """
+        m = self.mask
+        if mode == "step":
+            w = m / m.sum((1, 2), keepdim=True).clamp(min=1.0)
+        else:
+            w = m / m.sum(2, keepdim=True).clamp(min=1.0) / m.shape[1]
+        return w.reshape(m.shape[0], -1)
+
     def returns(self) -> Tensor:
         """Undiscounted return of every trajectory, (T, N)."""
         return (self.rewards * self.mask).sum(-1)

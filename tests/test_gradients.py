@@ -191,8 +191,8 @@ def test_inner_update_leaves_module_untouched(setup):
 @pytest.mark.parametrize("spec", ["full", "head", "freeze:1", "none", "head.weight,log_std", "hidden.0.bias,head.bias"])
 @pytest.mark.parametrize("lrs", [[0.3], [0.3, 0.2]])
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("activation,clamp", [("tanh", False), ("relu", True)])
-def test_analytic_outer_equals_autograd_outer(spec, lrs, first_order, activation, clamp):
+@pytest.mark.parametrize("activation,clamp,weighting", [("tanh", False, "episode"), ("relu", True, "step")])
+def test_analytic_outer_equals_autograd_outer(spec, lrs, first_order, activation, clamp, weighting):
     """The hand-written fast path computes the same loss, gradient, curvature and trials as autograd."""
     from metarl import algorithms as A
 
@@ -216,7 +216,7 @@ def test_analytic_outer_equals_autograd_outer(spec, lrs, first_order, activation
         )
 
     pre, post = ep(), ep()
-    ml = A.MetaLearner(policy, AdaptationSpec(spec), lrs, first_order, A.OuterConfig())
+    ml = A.MetaLearner(policy, AdaptationSpec(spec), lrs, first_order, A.OuterConfig(step_weighting=weighting))
     pre_adv, post_adv = ml.advantages(pre), ml.advantages(post)
     params = meta_parameters(policy)
     ref = A._AutogradOuter(ml, params, pre, pre_adv, post, post_adv)

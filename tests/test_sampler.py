@@ -74,3 +74,34 @@ def test_sampler_restores_torch_threads():
         np.random.default_rng(0),
     )
     assert torch.get_num_threads() == before
+
+
+def test_step_weights_per_episode_and_per_step():
+    from metarl.samplers import Episodes
+
+    mask = torch.zeros(2, 2, 4)
+    mask[0, 0, :4] = 1  # task 0: lengths 4 and 1
+    mask[0, 1, :1] = 1
+    mask[1] = 1
+    ep = Episodes(torch.zeros(2, 2, 4, 1), torch.zeros(2, 2, 4, 1), torch.zeros(2, 2, 4), mask)
+    for mode in ("episode", "step"):
+        w = ep.weights(mode).view(2, 2, 4)
+        assert torch.allclose(w.sum((1, 2)), torch.ones(2)) and torch.all(w[mask == 0] == 0)
+    w = ep.weights("episode").view(2, 2, 4)
+    assert torch.allclose(w[0, 0, :4], torch.full((4,), 1 / 8)) and w[0, 1, 0] == 0.5  # each episode half
+    w = ep.weights("step").view(2, 2, 4)
+    assert torch.allclose(w[0][mask[0] == 1], torch.full((5,), 1 / 5))  # each step a fifth
+    assert torch.equal(ep.weights("episode")[1], ep.weights("step")[1])  # equal lengths: the same
+
+
+def test_weighted_standardisation():
+    from metarl.baselines import standardize_per_task
+
+    torch.manual_seed(0)
+    adv = torch.randn(3, 4, 5)
+    mask = (torch.rand(3, 4, 5) > 0.3).float()
+    w = mask / mask.sum((1, 2), keepdim=True)
+    out = standardize_per_task(adv, mask, w)
+    assert torch.allclose((out * w).sum((1, 2)), torch.zeros(3), atol=1e-6)
+    assert torch.allclose((out.pow(2) * w).sum((1, 2)), torch.ones(3), atol=1e-5)
+    assert torch.equal(out, standardize_per_task(adv, mask))  # default: every valid step alike
