@@ -194,8 +194,9 @@ def _omniglot_source(folder: Path, set_name: str) -> Path:
     raise UserError(
         f"Omniglot {set_name} not found in {folder}: expected {set_name}.npz, or the official archive "
         f"{set_name}.zip from {OMNIGLOT_URL}{set_name}.zip (or that archive extracted to {set_name}/). "
-        f"Put images_background.zip and images_evaluation.zip in {folder} (classification.download."
-        f"download_omniglot does it), or point METARL_DATA at the folder that holds omniglot/."
+        f"Put images_background.zip and images_evaluation.zip in {folder} (`metarl data download omniglot "
+        f"--data-root {folder.parent}` does it), or point --data-root / METARL_DATA at the folder that holds "
+        f"omniglot/."
     )
 
 
