@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("summarize", help="evaluate many runs; markdown table of mean +- std over seeds")
     sm.add_argument("runs", nargs="+", metavar="RUN")
-    sm.add_argument("--adapt", help="as for evaluate (default: each run's own spec)")
+    sm.add_argument(
+        "--adapt", action="append", help="as for evaluate; repeat for several (default: each run's own spec)"
+    )
     sm.add_argument("--inner-steps", type=int)
     sm.add_argument("--tasks", type=int)
     sm.add_argument("--seed", type=int)

@@ -1,8 +1,10 @@
 """Tables across runs and seeds: the numbers the README reports, from one command.
 
-Each run is evaluated with the same options; runs are grouped by their config file's
-method (everything in config.yaml but the seed), and each group reports mean +- std over
-its seeds, plus the wall-clock time of training (sum of `iteration_s` in metrics.jsonl).
+Each run is evaluated with the same options, once per `--adapt` spec given (so one table
+can set head-only against full adaptation, or a freezing ladder, side by side). Runs are
+grouped by method and test-time spec; each group reports mean +- std over its seeds, the
+mean of the seeds' own 95% intervals over test tasks, and the wall-clock time of training
+(sum of `iteration_s` in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -34,38 +36,39 @@ def _mean_std(xs: list[float]) -> str:
 
 
 def summarize(paths: list[str], evaluate_args: argparse.Namespace, kind_module) -> dict[str, Any]:
+    """Groups keyed by 'method | test-time spec', each a list of per-run evaluation results."""
     groups: dict[str, list[dict[str, Any]]] = {}
+    adapts = evaluate_args.adapt if isinstance(evaluate_args.adapt, list) else [evaluate_args.adapt]
     for path in paths:
         run = RunDir.open(path)
         config = run.config()
         state = run.load_checkpoint()
-        result = kind_module(config["kind"]).evaluate_run(config, state, evaluate_args)
-        result["run"] = str(run.path)
-        result["seed"] = config["seed"]
-        result["iteration"] = state["iteration"]
-        result["train_seconds"] = sum(r.get("iteration_s", 0.0) for r in run.metrics())
-        groups.setdefault(_group_key(config), []).append(result)
+        train_seconds = sum(r.get("iteration_s", 0.0) for r in run.metrics())
+        for adapt in adapts:
+            args = argparse.Namespace(**{**vars(evaluate_args), "adapt": adapt})
+            result = kind_module(config["kind"]).evaluate_run(config, state, args)
+            result.update(run=str(run.path), seed=config["seed"], iteration=state["iteration"])
+            result["train_seconds"] = train_seconds
+            groups.setdefault(f"{_group_key(config)} | {result['adapt']}", []).append(result)
     return groups
 
 
 def markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
     for name, results in groups.items():
-        first = results[0]
+        method, adapt = name.split(" | ")
         seeds = ",".join(str(r["seed"]) for r in results)
         minutes = _mean_std([r["train_seconds"] / 60 for r in results])
         iters = ",".join(sorted({str(r["iteration"]) for r in results}))
-        if "returns" in first:
+        if "returns" in results[0]:
             pre = _mean_std([r["returns"][0] for r in results])
             post = _mean_std([r["returns"][-1] for r in results])
-            rows.append(f"| {name} | {first['adapt']} | {seeds} | {iters} | {pre} | {post} | {minutes} |")
+            ci = statistics.mean(r["ci95"][-1] for r in results)
+            cells = [pre, post]
         else:
-            acc = _mean_std([100 * r["accuracy"] for r in results])
-            rows.append(f"| {name} | {first['adapt']} | {seeds} | {iters} | {acc} | {minutes} |")
-    if "returns" in next(iter(groups.values()))[0]:
-        head = "| method | adapt at test | seeds | iterations | before adaptation | after adaptation | train minutes |"
-        sep = "|---|---|---|---|---|---|---|"
-    else:
-        head = "| method | adapt at test | seeds | iterations | accuracy % | train minutes |"
-        sep = "|---|---|---|---|---|---|"
-    return "\n".join([head, sep, *rows])
+            ci = 100 * statistics.mean(r["ci95"] for r in results)
+            cells = [_mean_std([100 * r["accuracy"] for r in results])]
+        rows.append("| " + " | ".join([method, adapt, seeds, iters, *cells, f"{ci:.1f}", minutes]) + " |")
+    score = ["before adaptation", "after adaptation"] if "returns" in next(iter(groups.values()))[0] else ["accuracy %"]
+    cols = ["method", "adapt at test", "seeds", "iterations", *score, "95% CI (per seed)", "train minutes"]
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *rows])

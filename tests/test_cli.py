@@ -253,7 +253,20 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     capsys.readouterr()
     assert main(["summarize", *map(str, runs), "--tasks", "3", "--json"]) == 0
     groups = json.loads(capsys.readouterr().out)
-    assert list(groups) == ["navigation2d ANIL"] and [r["seed"] for r in groups["navigation2d ANIL"]] == [0, 1]
+    assert list(groups) == ["navigation2d ANIL | head"]
+    assert [r["seed"] for r in groups["navigation2d ANIL | head"]] == [0, 1]
     assert main(["summarize", *map(str, runs), "--tasks", "3"]) == 0
     table = capsys.readouterr().out
     assert "| navigation2d ANIL | head | 0,1 | 1 |" in table and "±" in table
+
+
+def test_summarize_several_specs_side_by_side(tmp_path, capsys):
+    run = train(tmp_path, "s0", iterations=1)
+    capsys.readouterr()
+    assert main(["summarize", str(run), "--tasks", "3", "--adapt", "head", "--adapt", "none", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert list(groups) == ["navigation2d ANIL | head", "navigation2d ANIL | none"]
+    head, none = groups["navigation2d ANIL | head"][0], groups["navigation2d ANIL | none"][0]
+    assert head["returns"][0] == none["returns"][0]  # same tasks, same pre-adaptation policy
+    # nothing adapts: the second batch differs from the first only by sampling noise
+    assert abs(none["returns"][1] - none["returns"][0]) <= sum(none["ci95"])
