@@ -20,7 +20,8 @@ if [[ $what == nav || $what == all ]]; then
     for m in anil maml; do train nav_${m}_s$seed configs/rl/navigation2d_$m.yaml --seed $seed; done
   done
   metarl summarize $RUNS/nav_anil_s? $RUNS/nav_maml_s? --tasks 40 --inner-steps 1
-  metarl summarize $RUNS/nav_maml_s? --tasks 40 --inner-steps 1 --adapt head
+  metarl summarize $RUNS/nav_maml_s? --tasks 40 --inner-steps 1 --adapt head --adapt full
+  metarl analyze $RUNS/nav_maml_s0 --tasks 40 --out results/analysis/nav_maml_s0
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
@@ -28,21 +29,37 @@ if [[ $what == halfcheetah || $what == all ]]; then
     train hc_${cfg}_s0 configs/rl/halfcheetah_$cfg.yaml --seed 0 --set env.settings.nthread=1
   done
   metarl summarize $RUNS/hc_*_s0 --tasks 40 --inner-steps 1
-  metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head
+  metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head --adapt full
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
+  # Iteration budgets fit a 2-core CPU (the paper trains 30,000+ iterations on a GPU).
   C=configs/classification
-  train cls_omni5_anil_s0 $C/omniglot_5w1s_anil.yaml --seed 0 --data-root $DATA \
+  O=(--data-root $DATA)
+  train cls_omni5_anil_s0 $C/omniglot_5w1s_anil.yaml --seed 0 "${O[@]}" \
     --set training.iterations=6000 --set logging.snapshot_every=1000
-  train cls_omni5_maml_s0 $C/omniglot_5w1s_maml.yaml --seed 0 --data-root $DATA \
+  train cls_omni20_anil_s0 $C/omniglot_20w1s_anil.yaml --seed 0 "${O[@]}" \
     --set training.iterations=3000 --set logging.snapshot_every=500
-  train cls_omni20_anil_s0 $C/omniglot_20w1s_anil.yaml --seed 0 --data-root $DATA \
-    --set training.iterations=3000 --set logging.snapshot_every=1000
-  train cls_omni5_maml_s1 $C/omniglot_5w1s_maml.yaml --seed 1 --data-root $DATA \
-    --set training.iterations=3000 --set logging.snapshot_every=500
-  train cls_omni5_anil_s1 $C/omniglot_5w1s_anil.yaml --seed 1 --data-root $DATA \
-    --set training.iterations=6000 --set logging.snapshot_every=1000
-  train cls_omni20_maml_s0 $C/omniglot_20w1s_maml.yaml --seed 0 --data-root $DATA \
-    --set training.iterations=800 --set logging.snapshot_every=200
+  train cls_omni20_maml_s0 $C/omniglot_20w1s_maml.yaml --seed 0 "${O[@]}" \
+    --set training.iterations=500 --set logging.snapshot_every=100
+  for s in 0 1; do
+    train cls_omni5_maml_s$s $C/omniglot_5w1s_maml.yaml --seed $s "${O[@]}" \
+      --set training.iterations=1000 --set logging.snapshot_every=250
+  done
+  for s in 1 2; do
+    train cls_omni5_anil_s$s $C/omniglot_5w1s_anil.yaml --seed $s "${O[@]}" \
+      --set training.iterations=1000 --set logging.snapshot_every=250
+  done
+  # Table 1 (freezing) and the NIL read-out, 600 test tasks
+  metarl summarize $RUNS/cls_omni20_maml_s0 $RUNS/cls_omni20_anil_s0 "${O[@]}" \
+    --adapt full --adapt head --adapt nil
+  metarl summarize $RUNS/cls_omni20_maml_s0 "${O[@]}" \
+    --adapt none --adapt freeze:1 --adapt freeze:2 --adapt freeze:3 --adapt freeze:4
+  metarl summarize $RUNS/cls_omni5_anil_s0 "${O[@]}" --adapt head --adapt nil
+  # Figure 2 / 3 and Table 3: representational similarity
+  metarl analyze $RUNS/cls_omni20_maml_s0 "${O[@]}" --tasks 8 --out results/analysis/omni20_maml_s0
+  metarl analyze $RUNS/cls_omni5_maml_s0 "${O[@]}" --tasks 8 --checkpoints --out results/analysis/omni5_maml_s0
+  metarl analyze $RUNS/cls_omni5_maml_s0 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/maml_maml
+  metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_anil_s2 "${O[@]}" --tasks 8 --out results/analysis/anil_anil
+  metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/anil_maml
 fi
