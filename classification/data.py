@@ -566,6 +566,20 @@ class TaskSampler:
             labels.expand(ways, self.queries).flatten().repeat(n_tasks, 1),
         )
 
+    def sample_labelled(self, n: int) -> tuple[Tensor, Tensor]:
+        """`n` images drawn uniformly over all classes with their class index as label (standard
+        supervised batches for the multiclass baseline); `rotate` turns each image independently."""
+        g, images = self.generator, self.images
+        n_classes, n_per_class = images.shape[:2]
+        cls = torch.randint(0, n_classes, (n,), generator=g)
+        idx = torch.randint(0, n_per_class, (n,), generator=g)
+        x = images[cls.to(images.device), idx.to(images.device)]
+        if self.rotate:
+            turns = torch.randint(0, 4, (n,), generator=g).to(images.device)
+            for k in (1, 2, 3):
+                x[turns == k] = torch.rot90(x[turns == k], k, dims=(-2, -1))
+        return x.float().div_(255), cls.to(images.device)
+
     def state_dict(self) -> dict:
         """The generator state, so that resumed training draws the same tasks as an uninterrupted run."""
         return {"generator": self.generator.get_state()}

@@ -51,12 +51,18 @@ def rotates(config: dict[str, Any]) -> bool:
     return d["dataset"] == "omniglot" and d["protocol"] == "cbfinn"
 
 
-def build_model(config: dict[str, Any], data: ClassImages) -> Conv4:
+def regime(config: dict[str, Any]) -> str:
+    return config["training"].get("regime", "meta")
+
+
+def build_model(config: dict[str, Any], data: ClassImages, outputs: int | None = None) -> Conv4:
+    """conv4 with an N-way head (`outputs` classes instead for the multiclass baseline)."""
     m = config["model"]
     _, _, channels, height, width = data.images.shape
     if height != width:
         raise UserError(f"conv4 expects square images, the data has {height}x{width}")
-    return Conv4(config["task"]["ways"], channels, height, m["backbone"], m["filters"], m["batch_norm"])
+    ways = outputs or config["task"]["ways"]
+    return Conv4(ways, channels, height, m["backbone"], m["filters"], m["batch_norm"])
 
 
 def support_loss(logits: Tensor, labels: Tensor, reduction: str, shots: int) -> Tensor:
@@ -177,8 +183,11 @@ class ClassificationExperiment:
             )
         except ValueError as e:
             raise UserError(f"task settings do not fit the training data: {e}") from None
-        self.model = build_model(config, train)
+        self.regime = regime(config)
+        self.model = build_model(config, train, len(train) if self.regime == "multiclass" else None)
         self.model.train()
+        if self.regime != "meta":  # no inner loop: the one accuracy is the training batch's
+            self.progress = {"acc": "post_accuracy"}
         self.learner = FewShotLearner(
             self.model,
             AdaptationSpec(a["spec"]),
@@ -192,17 +201,31 @@ class ClassificationExperiment:
         self.meta_batch_size = config["training"]["meta_batch_size"]
 
     def iteration(self, it: int) -> dict[str, float]:
-        task = self.sampler.sample_batch(self.meta_batch_size)
-        logits, pre = self.learner.query_logits(meta_parameters(self.model), task, with_pre=True)
-        loss = F.cross_entropy(logits.flatten(0, 1), task.query_y.flatten())
+        if self.regime == "multiclass":
+            t = self.config["task"]
+            x, y = self.sampler.sample_labelled(self.meta_batch_size * t["ways"] * (t["shots"] + self.sampler.queries))
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            metrics = {"post_accuracy": accuracy(logits.detach(), y).item()}
+        elif self.regime == "nil":
+            task = self.sampler.sample_batch(self.meta_batch_size)
+            # per-task batch statistics, support and query apart, as the NIL evaluation runs
+            support, query = self.model(task.support_x, "body"), self.model(task.query_x, "body")
+            probs = nil_logits(support, task.support_y, query, self.config["task"]["ways"])
+            loss = F.nll_loss(probs.clamp_min(1e-12).log().flatten(0, 1), task.query_y.flatten())
+            metrics = {"post_accuracy": accuracy(probs.detach(), task.query_y).mean().item()}
+        else:
+            task = self.sampler.sample_batch(self.meta_batch_size)
+            logits, pre = self.learner.query_logits(meta_parameters(self.model), task, with_pre=True)
+            loss = F.cross_entropy(logits.flatten(0, 1), task.query_y.flatten())
+            metrics = {
+                "pre_accuracy": accuracy(pre, task.support_y).mean().item(),
+                "post_accuracy": accuracy(logits.detach(), task.query_y).mean().item(),
+            }
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {
-            "loss": loss.item(),
-            "pre_accuracy": accuracy(pre, task.support_y).mean().item(),
-            "post_accuracy": accuracy(logits.detach(), task.query_y).mean().item(),
-        }
+        return {"loss": loss.item(), **metrics}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -245,6 +268,11 @@ def evaluate(
     except ValueError as e:
         raise UserError(f"task settings do not fit the test data: {e}") from None
     model = build_model(config, test)
+    if regime(config) == "multiclass":
+        if adapt != "nil":
+            raise UserError(f"a multiclass-trained model has no {t['ways']}-way head: evaluate it with --adapt nil")
+        model_state = {k: v for k, v in model_state.items() if not k.startswith("head.")}
+        model_state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
     model.load_state_dict(model_state)
     model.eval()
     params = {k: v.detach() for k, v in meta_parameters(model).items()}
@@ -289,6 +317,8 @@ def evaluate(
 def evaluate_run(config: dict[str, Any], state: dict[str, Any], args: Any) -> dict[str, Any]:
     """`metarl evaluate` for classification runs: CLI options override the evaluation section."""
     adapt, inner_steps, tasks, seed = evaluation_options(config, args)
+    if args.adapt is None and (regime(config) != "meta" or config["adaptation"]["spec"] == "none"):
+        adapt = "nil"  # no head that an inner loop could use: the paper reads these out with NIL
     data_root = getattr(args, "data_root", None)
     return evaluate(config, state["model"]["model"], adapt, inner_steps, tasks, seed, data_root)
 

@@ -23,6 +23,9 @@ def _group_key(config: dict[str, Any]) -> str:
     method = METHODS.get(spec, spec)
     if config["adaptation"]["first_order"] and spec == "full":
         method = "first-order MAML"
+    regime = config["training"].get("regime", "meta")
+    if regime != "meta" or (config["kind"] == "classification" and spec == "none"):
+        method = {"meta": "multitask", "multiclass": "multiclass", "nil": "NIL training"}[regime]
     if config["kind"] == "rl":
         return f"{config['env']['name']} {method}"
     task = config["task"]

@@ -296,7 +296,14 @@ def test_configs_hold_the_reference_hyperparameters():
         c = load_config(path)
         dataset, setting, algo = path.stem.split("_")
         ways = int(setting.split("w")[0])
-        assert c["adaptation"]["spec"] == {"maml": "full", "anil": "head"}[algo]
+        spec, regime = {
+            "maml": ("full", "meta"),
+            "anil": ("head", "meta"),
+            "multitask": ("none", "meta"),
+            "multiclass": ("none", "multiclass"),
+            "niltrain": ("none", "nil"),
+        }[algo]
+        assert c["adaptation"]["spec"] == spec and c["training"]["regime"] == regime
         assert c["training"]["outer_lr"] == 1e-3
         assert c["evaluation"] == merge(DEFAULTS["classification"], {})["evaluation"]  # 600 tasks, 10 steps
         finn_lr = {"omniglot": 0.4 if ways == 5 else 0.1, "miniimagenet": 0.01}[dataset]
@@ -327,3 +334,29 @@ def test_analyze_classification_run(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--adapt", "head", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["layers"]["conv3"]["relative_change"] == 0.0 and r["layers"]["head"]["relative_change"] > 0
+
+
+def test_sample_labelled_returns_true_classes():
+    images = torch.arange(6 * 3, dtype=torch.uint8).view(6, 3, 1, 1, 1).expand(6, 3, 1, 2, 2).contiguous()
+    x, y = TaskSampler(images, 2, 1, seed=0).sample_labelled(50)
+    assert x.shape == (50, 1, 2, 2) and y.shape == (50,)
+    # image value 3*class + index identifies the drawn class
+    assert torch.equal(torch.div((x[:, 0, 0, 0] * 255).round().long(), 3, rounding_mode="floor"), y)
+    assert len(set(y.tolist())) > 2
+
+
+@pytest.mark.parametrize("regime", ["multiclass", "multitask", "niltrain"])
+def test_training_regime_baselines_train_and_read_out_with_nil(tmp_path, capsys, regime):
+    root = make_omniglot(tmp_path / "data")
+    assert train(f"omniglot_5w1s_{regime}.yaml", tmp_path / "run", root, "logging.snapshot_every=2") == 0
+    result = evaluate_json(tmp_path / "run", capsys)
+    assert result["adapt"] == "nil" and result["inner_steps"] == 0 and 0 <= result["accuracy"] <= 1
+    before = torch.load(tmp_path / "run" / "snapshots" / "iter_000000.pt", weights_only=False)["model"]["model"]
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]["model"]
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])  # the body learns
+    if regime == "multiclass":
+        assert after["head.weight"].shape[0] == 1100  # one output per cbfinn training character
+        assert main(["evaluate", str(tmp_path / "run"), "--adapt", "head"]) == 2
+        assert "--adapt nil" in capsys.readouterr().err
+    if regime == "niltrain":
+        assert torch.equal(before["head.weight"], after["head.weight"])  # no head in the loss
