@@ -50,6 +50,14 @@ if [[ $what == omniglot || $what == all ]]; then
     train cls_omni5_anil_s$s $C/omniglot_5w1s_anil.yaml --seed $s "${O[@]}" \
       --set training.iterations=1000 --set logging.snapshot_every=250
   done
+  # Table 5: training regimes, all read out with NIL (random features: the untrained snapshot)
+  for r in multiclass multitask niltrain; do
+    train cls_omni5_${r}_s0 $C/omniglot_5w1s_$r.yaml --seed 0 "${O[@]}" \
+      --set training.iterations=1000 --set logging.snapshot_every=250
+  done
+  metarl summarize $RUNS/cls_omni5_{maml,anil,multiclass,multitask,niltrain}_s0 "${O[@]}" --adapt nil
+  metarl evaluate $RUNS/cls_omni5_anil_s0 "${O[@]}" --adapt nil \
+    --checkpoint $RUNS/cls_omni5_anil_s0/snapshots/iter_000000.pt
   # Table 1 (freezing) and the NIL read-out, 600 test tasks
   metarl summarize $RUNS/cls_omni20_maml_s0 $RUNS/cls_omni20_anil_s0 "${O[@]}" \
     --adapt full --adapt head --adapt nil
