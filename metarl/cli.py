@@ -25,16 +25,25 @@ def _kind_module(kind: str):
     return mod
 
 
+# What `train --resume DIR --set ...` may change: how long to train and how often to save, not the experiment.
+RESUME_SETTABLE = ("training.iterations", "logging.checkpoint_every", "logging.snapshot_every")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from metarl.config import dump, load_config
+    from metarl.config import DEFAULTS, deep_update, dump, load_config, merge, parse_overrides
     from metarl.runs import RunDir, seed_everything
     from metarl.training import train
 
     if args.resume:
-        if args.config or args.set or args.seed is not None:
+        if args.config or args.seed is not None or args.data_root:
             raise UserError("--resume takes only the run directory; its config.yaml is reused as written")
+        for item in args.set:
+            if item.split("=", 1)[0] not in RESUME_SETTABLE:
+                raise UserError(f"--resume can change only {', '.join(RESUME_SETTABLE)}; got --set {item!r}")
         run = RunDir.open(args.resume)
         config = run.config()
+        if args.set:  # train longer / log differently; the run's config.yaml records the change
+            config = merge(DEFAULTS[config["kind"]], deep_update(config, parse_overrides(args.set)))
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (e.g. configs/rl/navigation2d_anil.yaml) or --resume DIR")
@@ -48,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
     if not args.resume:
         run = RunDir.create(run.path, config)
+    elif args.set:
+        run.write_config(config)
     print(f"run directory: {run.path}", file=sys.stderr)
     if not args.resume:
         print(dump(config), file=sys.stderr, end="")

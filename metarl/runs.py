@@ -82,7 +82,7 @@ class RunDir:
         if (run.path / CHECKPOINT).exists() or (run.path / "config.yaml").exists():
             raise UserError(f"run directory {str(run.path)!r} already holds a run; use --resume or another --out")
         run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run.path / "config.yaml", lambda f: f.write(dump(config).encode()))
+        run.write_config(config)
         return run
 
     @classmethod
@@ -93,6 +93,9 @@ class RunDir:
         if not (run.path / "config.yaml").is_file():
             raise UserError(f"{str(run.path)!r} is not a run directory (no config.yaml)")
         return run
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_bytes(self.path / "config.yaml", lambda f: f.write(dump(config).encode()))
 
     def remove_stale_temp_files(self) -> None:
         """Temp files of a write cut short by a kill; the file they were to replace is intact."""

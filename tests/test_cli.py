@@ -105,14 +105,22 @@ def test_resume_continues_exactly(tmp_path):
     part = train(tmp_path, "part", iterations=4)
     # pretend the run stopped after iteration 2: rewind to a copy of its checkpoint at 2
     part2 = train(tmp_path, "part2", iterations=2)
-    cfg = yaml.safe_load((part2 / "config.yaml").read_text())
-    cfg["training"]["iterations"] = 4
-    (part2 / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--resume", str(part2), "--quiet"]) == 0
+    # ... and is then trained longer than first planned: the run's config.yaml records it
+    assert main(["train", "--resume", str(part2), "--quiet", "--set", "training.iterations=4"]) == 0
+    assert yaml.safe_load((part2 / "config.yaml").read_text())["training"]["iterations"] == 4
     sf, sp, s2 = policy_state(full), policy_state(part), policy_state(part2)
     assert all(torch.equal(sf[k], s2[k]) and torch.equal(sf[k], sp[k]) for k in sf)
     rows = [json.loads(x) for x in (part2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_changes_to_the_experiment(tmp_path, capsys):
+    run = train(tmp_path, "run", iterations=1)
+    capsys.readouterr()
+    before = (run / "config.yaml").read_text()
+    one_line_error(capsys, ["train", "--resume", str(run), "--set", "adaptation.inner_lr=0.5"], "can change only")
+    one_line_error(capsys, ["train", "--resume", str(run), "--set", "training.iterations=x"], "training.iterations")
+    assert (run / "config.yaml").read_text() == before
 
 
 def _cli(*args, **kw):
