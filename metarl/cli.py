@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="PNG file to write")
     pl.add_argument("--window", type=int, default=10, help="moving-average window (iterations)")
     pl.add_argument("--title")
+    pl.add_argument("--ylim", type=float, nargs=2, metavar=("LOW", "HIGH"), help="y-axis range")
     pl.set_defaults(func=cmd_plot)
 
     d = sub.add_parser("data", help="fetch data sets (needs network)")
@@ -248,7 +249,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from metarl.plots import plot_runs
 
-    print(plot_runs(args.runs, args.out, args.window, args.title))
+    print(plot_runs(args.runs, args.out, args.window, args.title, args.ylim))
     return 0
 
 

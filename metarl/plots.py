@@ -28,8 +28,15 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_runs(runs: list[str], out: str | Path, window: int = 10, title: str | None = None) -> Path:
-    """One panel: pre- and post-adaptation curves of every run (moving average over `window`)."""
+def plot_runs(
+    runs: list[str],
+    out: str | Path,
+    window: int = 10,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """One panel: pre- and post-adaptation curves of every run (moving average over `window`);
+    `ylim` zooms in past the first iterations' much lower returns."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ylabel = "average return"
     for n, path in enumerate(runs):
@@ -47,6 +54,8 @@ def plot_runs(runs: list[str], out: str | Path, window: int = 10, title: str | N
             ax.plot(xs, ys, label=f"{run.path.name}: {label}", **style)
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
     ax.set_title(title or "training curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -232,6 +232,9 @@ def test_plot_writes_png(tmp_path):
     out = tmp_path / "curves.png"
     assert main(["plot", str(run), "--out", str(out), "--window", "1"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    zoomed = tmp_path / "zoomed.png"
+    assert main(["plot", str(run), "--out", str(zoomed), "--ylim", "-60", "0"]) == 0
+    assert zoomed.read_bytes() != out.read_bytes()
 
 
 def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
