@@ -22,6 +22,8 @@ if [[ $what == nav || $what == all ]]; then
   metarl summarize $RUNS/nav_anil_s? $RUNS/nav_maml_s? --tasks 40 --inner-steps 1
   metarl summarize $RUNS/nav_maml_s? --tasks 40 --inner-steps 1 --adapt head --adapt full
   metarl analyze $RUNS/nav_maml_s0 --tasks 40 --out results/analysis/nav_maml_s0
+  # diagnostic of ANIL's late drift: no inner-loop step on the log-std
+  train nav_anil_s2_fixedstd configs/rl/navigation2d_anil.yaml --seed 2 --set policy.adapt_log_std=false
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
@@ -30,6 +32,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   metarl summarize $RUNS/hc_*_s0 --tasks 40 --inner-steps 1
   metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head --adapt full
+  metarl analyze $RUNS/hc_dir_maml_s0 --tasks 8 --out results/analysis/hc_dir_maml_s0
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
