@@ -188,6 +188,11 @@ class ClassificationExperiment:
         self.model.train()
         if self.regime != "meta":  # no inner loop: the one accuracy is the training batch's
             self.progress = {"acc": "post_accuracy"}
+        if self.regime == "multiclass":
+            # Finn's standard-normal head suits 5-20 outputs adapted in an inner loop; over 1,100 classes
+            # its logits start at std ~8 and Adam takes ~1,000 steps to shrink them. A plain classifier
+            # gets nn.Linear's own initialisation.
+            self.model.head.reset_parameters()
         self.learner = FewShotLearner(
             self.model,
             AdaptationSpec(a["spec"]),

@@ -356,6 +356,8 @@ def test_training_regime_baselines_train_and_read_out_with_nil(tmp_path, capsys,
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])  # the body learns
     if regime == "multiclass":
         assert after["head.weight"].shape[0] == 1100  # one output per cbfinn training character
+        w = before["head.weight"]  # nn.Linear's init (bound 1/sqrt(fan_in)), not Finn's N(0, 1)
+        assert w.abs().max() <= w.shape[1] ** -0.5
         assert main(["evaluate", str(tmp_path / "run"), "--adapt", "head"]) == 2
         assert "--adapt nil" in capsys.readouterr().err
     if regime == "niltrain":
