@@ -553,11 +553,7 @@ class TaskSampler:
         classes = torch.rand(n_tasks, n_classes, generator=g).argsort(dim=1)[:, :ways]
         picks = torch.rand(n_tasks, ways, n_per_class, generator=g).argsort(dim=2)[..., :per_class]
         x = images[classes[..., None].to(images.device), picks.to(images.device)]  # (T, N, K+Q, C, H, W)
-        if self.rotate:
-            turns = torch.randint(0, 4, (n_tasks, ways), generator=g).to(images.device)
-            for k in (1, 2, 3):
-                x[turns == k] = torch.rot90(x[turns == k], k, dims=(-2, -1))
-        x = x.float().div_(255)
+        x = self._to_float(x, (n_tasks, ways))
         labels = torch.arange(ways, device=images.device)[:, None]
         return Task(
             x[:, :, :shots].flatten(1, 2),
@@ -574,11 +570,16 @@ class TaskSampler:
         cls = torch.randint(0, n_classes, (n,), generator=g)
         idx = torch.randint(0, n_per_class, (n,), generator=g)
         x = images[cls.to(images.device), idx.to(images.device)]
+        return self._to_float(x, (n,)), cls.to(images.device)
+
+    def _to_float(self, x: Tensor, groups: tuple[int, ...]) -> Tensor:
+        """uint8 images to float in [0, 1]; with `rotate`, each entry of the leading `groups` axes
+        (a class of a task, or one image) is turned by its own random multiple of 90 degrees."""
         if self.rotate:
-            turns = torch.randint(0, 4, (n,), generator=g).to(images.device)
+            turns = torch.randint(0, 4, groups, generator=self.generator).to(x.device)
             for k in (1, 2, 3):
                 x[turns == k] = torch.rot90(x[turns == k], k, dims=(-2, -1))
-        return x.float().div_(255), cls.to(images.device)
+        return x.float().div_(255)
 
     def state_dict(self) -> dict:
         """The generator state, so that resumed training draws the same tasks as an uninterrupted run."""
