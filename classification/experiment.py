@@ -249,6 +249,26 @@ def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> Classif
     return ClassificationExperiment(config, rng)
 
 
+def trained_model(config: dict[str, Any], model_state: dict[str, Any], test: ClassImages) -> Conv4:
+    """The trained model in eval mode, with an N-way head for test tasks. A multiclass-trained
+    model's head (one output per training class) has no use there: it keeps a fresh one, unused
+    by the NIL read-out and the layer captures of the body."""
+    model = build_model(config, test)
+    if regime(config) == "multiclass":
+        model_state = {k: v for k, v in model_state.items() if not k.startswith("head.")}
+        model_state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    model.load_state_dict(model_state)
+    model.eval()
+    return model
+
+
+def evaluation_learner(config: dict[str, Any], model: Conv4, spec: str, lrs: list[float]) -> FewShotLearner:
+    """The test-time inner loop: first-order steps on the adapted parameters of `spec`."""
+    return FewShotLearner(
+        model, AdaptationSpec(spec), lrs, True, config["adaptation"]["loss_reduction"], config["task"]["shots"]
+    )
+
+
 def evaluate(
     config: dict[str, Any],
     model_state: dict[str, Any],
@@ -272,26 +292,12 @@ def evaluate(
         sampler = TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed)
     except ValueError as e:
         raise UserError(f"task settings do not fit the test data: {e}") from None
-    model = build_model(config, test)
-    if regime(config) == "multiclass":
-        if adapt != "nil":
-            raise UserError(f"a multiclass-trained model has no {t['ways']}-way head: evaluate it with --adapt nil")
-        model_state = {k: v for k, v in model_state.items() if not k.startswith("head.")}
-        model_state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
-    model.load_state_dict(model_state)
-    model.eval()
+    if regime(config) == "multiclass" and adapt != "nil":
+        raise UserError(f"a multiclass-trained model has no {t['ways']}-way head: evaluate it with --adapt nil")
+    model = trained_model(config, model_state, test)
     params = {k: v.detach() for k, v in meta_parameters(model).items()}
     lrs = evaluation_step_sizes(config, inner_steps)
-    learner = None
-    if adapt != "nil":
-        learner = FewShotLearner(
-            model,
-            AdaptationSpec(adapt),
-            lrs,
-            True,
-            config["adaptation"]["loss_reduction"],
-            t["shots"],
-        )
+    learner = None if adapt == "nil" else evaluation_learner(config, model, adapt, lrs)
     per_task = []
     chunk = max(config["training"]["meta_batch_size"], 1)
     for start in range(0, tasks, chunk):
@@ -342,19 +348,10 @@ def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, se
 def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: str | None = None):
     """Every layer's output on the probe's queries, before and after the test-time inner loop."""
     torch.set_num_threads(config["training"]["torch_threads"])
-    model = build_model(config, load_splits(config, config["data"]["root"])["test"])
-    model.load_state_dict(state["model"]["model"])
-    model.eval()
+    model = trained_model(config, state["model"]["model"], load_splits(config, config["data"]["root"])["test"])
     params = {k: v.detach() for k, v in meta_parameters(model).items()}
     lrs = evaluation_step_sizes(config, config["evaluation"]["inner_steps"])
-    learner = FewShotLearner(
-        model,
-        AdaptationSpec(spec or config["adaptation"]["spec"]),
-        lrs,
-        True,
-        config["adaptation"]["loss_reduction"],
-        config["task"]["shots"],
-    )
+    learner = evaluation_learner(config, model, spec or config["adaptation"]["spec"], lrs)
     adapted = learner.adapt(params, probe, fast=False).params
     with torch.no_grad():
         pre = learner.run(params, probe.query_x, "layers")

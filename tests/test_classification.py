@@ -360,5 +360,7 @@ def test_training_regime_baselines_train_and_read_out_with_nil(tmp_path, capsys,
         assert w.abs().max() <= w.shape[1] ** -0.5
         assert main(["evaluate", str(tmp_path / "run"), "--adapt", "head"]) == 2
         assert "--adapt nil" in capsys.readouterr().err
+        # the body's layers can still be analysed: the unused 1100-way head is swapped for an N-way one
+        assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--data-root", str(root)]) == 0
     if regime == "niltrain":
         assert torch.equal(before["head.weight"], after["head.weight"])  # no head in the loss
