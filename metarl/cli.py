@@ -226,14 +226,19 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append(
             f"iteration {it}" if "over_training" in result else " vs ".join(result.get("runs", [result.get("run")]))
         )
-        lines.append(f"  {'layer':<10} {'CCA':>6} {'PWCCA':>6} {'CKA':>6} {'change':>7}")
+        lines.append(f"  {'layer':<10} {'CCA':>6} {'CCAall':>6} {'PWCCA':>6} {'CKA':>6} {'change':>7}")
         lines += [
-            f"  {layer:<10} {row['cca']:6.3f} {row['pwcca']:6.3f} {row['cka']:6.3f} {row['relative_change']:7.3f}"
+            f"  {layer:<10} {row['cca']:6.3f} {row['cca_all']:6.3f} {row['pwcca']:6.3f} {row['cka']:6.3f}"
+            f" {row['relative_change']:7.3f}"
             for layer, row in table.items()
         ]
     if "body" in result:
         body = result["body"]
-        lines.append(f"  body average: CCA {body['cca']:.3f}  PWCCA {body['pwcca']:.3f}  CKA {body['cka']:.3f}")
+        lines.append(
+            f"  body average: CCA {body['cca']:.3f}  CCAall {body['cca_all']:.3f}  PWCCA {body['pwcca']:.3f}"
+            f"  CKA {body['cka']:.3f}"
+        )
+    lines.append("  CCA: mean of the leading correlations making up 98% of their sum (SVCCA reference); CCAall: all")
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)
 

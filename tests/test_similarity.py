@@ -231,6 +231,21 @@ def test_cca_matches_qr_route():
     assert pwcca(x, y) == pytest.approx(slow_pwcca(x, y), abs=1e-8)
 
 
+def test_mean_cca_threshold_averages_the_leading_correlations_of_the_sum():
+    """threshold t: the fewest leading correlations whose sum is >= t * total, as the SVCCA reference code."""
+    x, y = related(400, 8, 8, seed=3)
+    rho, _ = slow_canonical(x, y)
+    for t in (0.5, 0.8, 0.98):
+        k = next(i for i in range(1, len(rho) + 1) if rho[:i].sum() >= t * rho.sum())
+        assert mean_cca(x, y, threshold=t) == pytest.approx(rho[:k].mean(), abs=1e-8)
+    assert mean_cca(x, y, threshold=0.98) >= mean_cca(x, y)  # the trailing ones are the smallest
+    assert mean_cca(x, y, threshold=1.0) == pytest.approx(rho.mean(), abs=1e-8)
+    assert svcca(x, y, keep=1.0, threshold=0.98) == pytest.approx(mean_cca(x, y, threshold=0.98), abs=1e-8)
+    for bad in (0, 1.5, "x"):
+        with pytest.raises(UserError, match="threshold"):
+            mean_cca(x, y, threshold=bad)
+
+
 def test_svcca_keep_by_count_and_by_fraction():
     """x and y have variance fractions exactly 0.5/0.3/0.15/0.05 along known orthonormal directions."""
     rng = np.random.default_rng(8)

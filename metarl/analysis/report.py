@@ -17,10 +17,16 @@ import numpy as np
 from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca, pwcca
 
 Capture = dict[str, list[np.ndarray]]
-# mean CCA weighs every canonical direction alike, so noisy low-variance directions pull it
-# down; PWCCA (Morcos et al. 2018, the CCA variant of the paper's analysis) weighs them by
-# how much of the representation they carry.
-MEASURES = {"cca": mean_cca, "pwcca": pwcca, "cka": linear_cka}
+# "cca" is the summary of the SVCCA authors' reference code, which the paper's figures come from:
+# the mean of the leading correlations making up 98% of their sum. "cca_all" is the plain mean,
+# which every near-zero correlation of a signal-free direction pulls down. PWCCA (Morcos et al.
+# 2018) instead weighs each correlation by how much of the representation its direction carries.
+MEASURES = {
+    "cca": lambda x, y: mean_cca(x, y, threshold=0.98),
+    "cca_all": mean_cca,
+    "pwcca": pwcca,
+    "cka": linear_cka,
+}
 
 
 def relative_change(x: np.ndarray, y: np.ndarray) -> float:

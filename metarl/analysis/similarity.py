@@ -198,9 +198,28 @@ def cca(x: Any, y: Any, epsilon: float = 1e-10) -> np.ndarray:
     return _canonical(x, y, epsilon)[2]
 
 
-def mean_cca(x: Any, y: Any, epsilon: float = 1e-10) -> float:
-    """Mean canonical correlation ("mean CCA similarity")."""
-    return float(np.mean(cca(x, y, epsilon)))
+def _leading_mean(rho: np.ndarray, threshold: float) -> float:
+    """Mean of the fewest leading correlations whose sum reaches `threshold` of the total.
+
+    The SVCCA authors' reference code summarises CCA this way (threshold 0.98) to drop the trailing,
+    near-zero correlations of directions that carry no signal; threshold 1 is the plain mean.
+    """
+    if not (isinstance(threshold, Real) and 0 < threshold <= 1):
+        raise SimilarityInputError(f"threshold must be in (0, 1], got {threshold!r}")
+    total = rho.sum()
+    if threshold == 1 or total == 0:
+        return float(np.mean(rho))
+    k = int(np.searchsorted(np.cumsum(rho) / total, threshold - 1e-12)) + 1
+    return float(np.mean(rho[:k]))
+
+
+def mean_cca(x: Any, y: Any, epsilon: float = 1e-10, threshold: float = 1.0) -> float:
+    """Mean canonical correlation ("mean CCA similarity").
+
+    threshold < 1 averages only the leading correlations that make up that fraction of their sum,
+    as the SVCCA reference code does (0.98 there, and in `metarl analyze`).
+    """
+    return _leading_mean(cca(x, y, epsilon), threshold)
 
 
 def _top_directions(a: np.ndarray, keep: int | float) -> np.ndarray:
@@ -218,7 +237,7 @@ def _top_directions(a: np.ndarray, keep: int | float) -> np.ndarray:
     return u[:, :k] * s[:k]
 
 
-def svcca(x: Any, y: Any, keep: int | float = 0.99, epsilon: float = 1e-10) -> float:
+def svcca(x: Any, y: Any, keep: int | float = 0.99, epsilon: float = 1e-10, threshold: float = 1.0) -> float:
     """SVCCA: mean CCA after reducing each side to its top singular directions.
 
     `keep` as an int is the number of directions (all of them for a side with fewer); as a float in
@@ -227,7 +246,7 @@ def svcca(x: Any, y: Any, keep: int | float = 0.99, epsilon: float = 1e-10) -> f
     keeps CCA meaningful for wide layers.
     """
     x, y = _pair(x, y)
-    return mean_cca(_top_directions(x, keep), _top_directions(y, keep), epsilon)
+    return mean_cca(_top_directions(x, keep), _top_directions(y, keep), epsilon, threshold)
 
 
 def pwcca(x: Any, y: Any, epsilon: float = 1e-10) -> float:
