@@ -6,6 +6,11 @@
 - `sampler --env halfcheetah-*`: transitions/s of (a) our sampler with the policy in the
   loop, (b) the raw physics limit of the same `mujoco.batch.Batch` stepping random
   controls, (c) gymnasium's `SyncVectorEnv` over the same number of environments.
+  (b) replays the very controls (policy noise) that (a) applied, from the same initial
+  states: MuJoCo's cost depends on the motion (contacts, solver iterations), and uniform
+  controls in [-1, 1] simulate ~20% faster than the small ones an initial policy applies,
+  so only the same controls isolate the sampler's own overhead. The uniform figure is
+  reported too.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ def meta_step(env: str, repeats: int, threads: int) -> dict[str, Any]:
 
 
 def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict[str, Any]:
+    import copy
+
     import gymnasium
 
     import envs
@@ -97,20 +104,42 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
     rng = np.random.default_rng(0)
     nsim, horizon = tasks * per_task, engine.horizon
     task_list = engine.sample_tasks(tasks, rng)
-    controls = rng.uniform(-1.0, 1.0, size=(horizon, nsim, engine.act_dim))
+    uniform = rng.uniform(-1.0, 1.0, size=(horizon, nsim, engine.act_dim))
+    replay: dict[str, Any] = {}
 
     def ours() -> float:
-        ep = sample(engine, policy, params, task_list, per_task, rng)
+        replay["rng"] = copy.deepcopy(rng)  # the initial states the rollout is about to draw
+        applied: list[np.ndarray] = []
+        step = engine.step
+
+        def recording_step(actions: np.ndarray):
+            applied.append(actions.copy())  # a 20 kB copy against a 10 ms physics step
+            replay["last_obs"], *rest = step(actions)
+            return (replay["last_obs"], *rest)
+
+        engine.step = recording_step
+        try:
+            ep = sample(engine, policy, params, task_list, per_task, rng)
+        finally:
+            del engine.step
+        replay["controls"] = engine._cheetah.control(np.stack(applied))
         return ep.transitions / ep.seconds
 
-    def physics() -> float:
-        engine.reset(task_list, per_task, rng)
+    def physics(controls: np.ndarray, start: np.random.Generator) -> float:
+        engine.reset(task_list, per_task, start)
         batch, ctrl = engine._batch, engine._ctrl
         t0 = time.perf_counter()
-        for t in range(horizon):
+        for t in range(len(controls)):
             ctrl[:] = controls[t]
             batch.step(nstep=5)
-        return nsim * horizon / (time.perf_counter() - t0)
+        return nsim * len(controls) / (time.perf_counter() - t0)
+
+    def physics_replay() -> float:
+        rate = physics(replay["controls"], copy.deepcopy(replay["rng"]))
+        obs = engine._cheetah.observe(engine._qpos, engine._qvel, engine._xpos)
+        if not np.array_equal(obs, replay["last_obs"]):
+            raise RuntimeError("the physics replay diverged from the sampler's rollout")
+        return rate
 
     gym_id = envs.ENVIRONMENTS[env][0]
     vec = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(gym_id) for _ in range(nsim)])
@@ -120,33 +149,37 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
         vec.reset(seed=0)
         t0 = time.perf_counter()
         for t in range(horizon):
-            vec.step(controls[t] * scale)
+            vec.step(uniform[t] * scale)
         return nsim * horizon / (time.perf_counter() - t0)
 
-    figures: dict[str, list[float]] = {"sampler": [], "physics": [], "gymnasium": []}
-    ours(), physics()  # warm-up
+    figures: dict[str, list[float]] = {"sampler": [], "physics": [], "uniform": [], "gymnasium": []}
+    ours(), physics_replay()  # warm-up
     for _ in range(repeats):
         figures["sampler"].append(ours())
-        figures["physics"].append(physics())
+        figures["physics"].append(physics_replay())
+        figures["uniform"].append(physics(uniform, np.random.default_rng(1)))
         figures["gymnasium"].append(gym())
     vec.close()
-    a, b, c = (_median(figures[k]) for k in ("sampler", "physics", "gymnasium"))
+    a, b, u, c = (_median(figures[k]) for k in ("sampler", "physics", "uniform", "gymnasium"))
     return {
         "benchmark": "sampler",
         "env": env,
         "sampler_transitions_per_s": a,
         "physics_transitions_per_s": b,
+        "physics_uniform_controls_transitions_per_s": u,
         "gymnasium_transitions_per_s": c,
         "sampler_over_physics": a / b,
+        "sampler_over_physics_uniform_controls": a / u,
         "sampler_over_gymnasium": a / c,
         "simulations": nsim,
         "horizon": horizon,
         "mujoco_threads": engine.nthread,
         "torch_threads": 1,
         "repeats": repeats,
-        "notes": "sampler: policy (64x64 tanh) in the loop, observations and rewards; physics: the "
-        "same Batch stepping random controls only; gymnasium: SyncVectorEnv of the single env, random "
-        "actions, no policy",
+        "notes": "sampler: policy (64x64 tanh) in the loop, observations and rewards; physics: the same Batch "
+        "replaying the sampler's own controls from the same initial states, nothing else (the replay is checked "
+        "to reproduce the rollout exactly); physics_uniform_controls: uniform controls in [-1, 1]; gymnasium: "
+        "SyncVectorEnv of the single env, uniform actions, no policy",
     }
 
 

@@ -250,3 +250,14 @@ def test_sb3_ppo_trains_on_a_fixed_task():
         torch.set_num_threads(threads)
     assert model.num_timesteps == 128
     assert env.task == {"velocity": 1.0}  # resets keep the task
+
+
+def test_sampler_benchmark_physics_limit_replays_the_sampler_rollout():
+    """(b) steps exactly the controls (a) applied from the same states; the bench raises if the replay diverges."""
+    from metarl.bench import sampler
+
+    r = sampler("halfcheetah-vel", repeats=1, tasks=2, per_task=2)
+    rates = ("sampler", "physics", "physics_uniform_controls", "gymnasium")
+    assert all(r[f"{k}_transitions_per_s"] > 0 for k in rates)
+    assert r["sampler_over_physics"] == r["sampler_transitions_per_s"] / r["physics_transitions_per_s"]
+    assert r["simulations"] == 4 and r["horizon"] == 100
