@@ -26,7 +26,10 @@ from metarl.config import RL_DEFAULTS, merge
 from metarl.errors import UserError
 
 RL_PRESETS: dict[str, dict[str, Any]] = {
-    "navigation2d": {"env": {"name": "navigation2d"}, "training": {"meta_batch_size": 20}},
+    "navigation2d": {
+        "env": {"name": "navigation2d", "settings": {"action_rescale": True}},  # as the shipped configs
+        "training": {"meta_batch_size": 20},
+    },
     "halfcheetah-dir": {"env": {"name": "halfcheetah-dir"}, "training": {"meta_batch_size": 40}},
     "halfcheetah-vel": {"env": {"name": "halfcheetah-vel"}, "training": {"meta_batch_size": 40}},
 }

@@ -20,10 +20,20 @@ if [[ $what == nav || $what == all ]]; then
     for m in anil maml; do train nav_${m}_s$seed configs/rl/navigation2d_$m.yaml --seed $seed; done
   done
   metarl summarize $RUNS/nav_anil_s? $RUNS/nav_maml_s? --tasks 40 --inner-steps 1
-  metarl summarize $RUNS/nav_maml_s? --tasks 40 --inner-steps 1 --adapt head --adapt full
+  metarl summarize $RUNS/nav_maml_s? --tasks 40 --inner-steps 1 --adapt full --adapt head
   metarl analyze $RUNS/nav_maml_s0 --tasks 40 --out results/analysis/nav_maml_s0
-  # diagnostic of ANIL's late drift: no inner-loop step on the log-std
-  train nav_anil_s2_fixedstd configs/rl/navigation2d_anil.yaml --seed 2 --set policy.adapt_log_std=false
+  # ablations under the default action semantics (raw output clipped to +-0.1), where ANIL drifts
+  for seed in 0 1 2; do
+    for m in anil maml; do
+      train nav_${m}_s${seed}_clip configs/rl/navigation2d_$m.yaml --seed $seed --set env.settings.action_rescale=false
+      train nav_${m}_s${seed}_stepw configs/rl/navigation2d_$m.yaml --seed $seed \
+        --set env.settings.action_rescale=false --set training.step_weighting=step
+    done
+  done
+  train nav_anil_s2_fixedstd configs/rl/navigation2d_anil.yaml --seed 2 \
+    --set env.settings.action_rescale=false --set policy.adapt_log_std=false
+  metarl summarize $RUNS/nav_anil_s?_clip $RUNS/nav_maml_s?_clip --tasks 40 --inner-steps 1
+  metarl summarize $RUNS/nav_*_stepw $RUNS/nav_anil_s2_fixedstd --tasks 40 --inner-steps 1
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
