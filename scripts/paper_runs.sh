@@ -59,6 +59,11 @@ if [[ $what == omniglot || $what == all ]]; then
     train cls_omni5_maml_s$s $C/omniglot_5w1s_maml.yaml --seed $s "${O[@]}" \
       --set training.iterations=1000 --set logging.snapshot_every=250
   done
+  # Figure 2 / 3 model: the same seed-0 MAML run trained to 5,000 iterations (this is what resuming
+  # cls_omni5_maml_s0 with --set training.iterations=5000 gives: resumes restore every RNG state)
+  train cls_omni5_maml_s0_5000 $C/omniglot_5w1s_maml.yaml --seed 0 "${O[@]}" \
+    --set training.iterations=5000 --set logging.snapshot_every=500
+  metarl evaluate $RUNS/cls_omni5_maml_s0_5000 "${O[@]}"
   for s in 1 2; do
     train cls_omni5_anil_s$s $C/omniglot_5w1s_anil.yaml --seed $s "${O[@]}" \
       --set training.iterations=1000 --set logging.snapshot_every=250
@@ -79,7 +84,8 @@ if [[ $what == omniglot || $what == all ]]; then
   metarl summarize $RUNS/cls_omni5_anil_s0 "${O[@]}" --adapt head --adapt nil
   # Figure 2 / 3 and Table 3: representational similarity
   metarl analyze $RUNS/cls_omni20_maml_s0 "${O[@]}" --tasks 8 --out results/analysis/omni20_maml_s0
-  metarl analyze $RUNS/cls_omni5_maml_s0 "${O[@]}" --tasks 8 --checkpoints --out results/analysis/omni5_maml_s0
+  metarl analyze $RUNS/cls_omni5_maml_s0_5000 "${O[@]}" --tasks 8 --checkpoints --out results/analysis/omni5_maml_s0_5000
+  metarl analyze $RUNS/cls_omni5_maml_s0_5000 "${O[@]}" --tasks 8 --out results/analysis/omni5_maml_s0_5000
   metarl analyze $RUNS/cls_omni5_maml_s0 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/maml_maml
   metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_anil_s2 "${O[@]}" --tasks 8 --out results/analysis/anil_anil
   metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/anil_maml
