@@ -220,6 +220,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def format_analysis(result: dict[str, Any]) -> str:
+    from metarl.analysis.report import CCA_THRESHOLD
+
     lines = []
     tables = result.get("over_training") or {result.get("iteration", "final"): result["layers"]}
     for it, table in tables.items():
@@ -238,7 +240,10 @@ def format_analysis(result: dict[str, Any]) -> str:
             f"  body average: CCA {body['cca']:.3f}  CCAall {body['cca_all']:.3f}  PWCCA {body['pwcca']:.3f}"
             f"  CKA {body['cka']:.3f}"
         )
-    lines.append("  CCA: mean of the leading correlations making up 98% of their sum (SVCCA reference); CCAall: all")
+    lines.append(
+        f"  CCA: mean of the leading correlations making up {CCA_THRESHOLD:.0%} of their sum"
+        " (SVCCA reference); CCAall: all"
+    )
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from envs.navigation import MAX_STEP
 from metarl.rl import build_engine, build_policy
 from metarl.runs import RunDir
 
@@ -23,10 +24,8 @@ def scale(run_dir: str, states: int = 4000) -> dict[str, float]:
     engine = build_engine(config)
     policy = build_policy(config, engine)
     policy.load_state_dict(run.load_checkpoint()["model"]["policy"])
-    settings = config["env"]["settings"]
-    half = settings.get("goal_range", 0.5)
-    largest = 1.0 if settings.get("action_rescale", False) else 0.1
-    obs = (torch.rand(states, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1) * half
+    largest = 1.0 if engine.action_rescale else MAX_STEP  # before rescaling, the output's clip is 1
+    obs = (torch.rand(states, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1) * engine.goal_range
     with torch.no_grad():
         features = policy(obs, stage="body")
         mean, std = policy(obs)

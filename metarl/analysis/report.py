@@ -21,8 +21,9 @@ Capture = dict[str, list[np.ndarray]]
 # the mean of the leading correlations making up 98% of their sum. "cca_all" is the plain mean,
 # which every near-zero correlation of a signal-free direction pulls down. PWCCA (Morcos et al.
 # 2018) instead weighs each correlation by how much of the representation its direction carries.
+CCA_THRESHOLD = 0.98
 MEASURES = {
-    "cca": lambda x, y: mean_cca(x, y, threshold=0.98),
+    "cca": lambda x, y: mean_cca(x, y, threshold=CCA_THRESHOLD),
     "cca_all": mean_cca,
     "pwcca": pwcca,
     "cka": linear_cka,

@@ -198,6 +198,14 @@ def cca(x: Any, y: Any, epsilon: float = 1e-10) -> np.ndarray:
     return _canonical(x, y, epsilon)[2]
 
 
+def _leading_count(weights: np.ndarray, fraction: float) -> int:
+    """Fewest leading entries of descending, non-negative `weights` whose sum reaches `fraction` of the total.
+
+    The small tolerance keeps rounding in the cumulative sum from skipping fraction = 1.
+    """
+    return int(np.searchsorted(np.cumsum(weights) / np.sum(weights), fraction - 1e-12)) + 1
+
+
 def _leading_mean(rho: np.ndarray, threshold: float) -> float:
     """Mean of the fewest leading correlations whose sum reaches `threshold` of the total.
 
@@ -206,11 +214,9 @@ def _leading_mean(rho: np.ndarray, threshold: float) -> float:
     """
     if not (isinstance(threshold, Real) and 0 < threshold <= 1):
         raise SimilarityInputError(f"threshold must be in (0, 1], got {threshold!r}")
-    total = rho.sum()
-    if threshold == 1 or total == 0:
+    if threshold == 1 or rho.sum() == 0:
         return float(np.mean(rho))
-    k = int(np.searchsorted(np.cumsum(rho) / total, threshold - 1e-12)) + 1
-    return float(np.mean(rho[:k]))
+    return float(np.mean(rho[: _leading_count(rho, threshold)]))
 
 
 def mean_cca(x: Any, y: Any, epsilon: float = 1e-10, threshold: float = 1.0) -> float:
@@ -228,8 +234,7 @@ def _top_directions(a: np.ndarray, keep: int | float) -> np.ndarray:
     if isinstance(keep, Integral) and not isinstance(keep, bool) and keep >= 1:
         k = int(keep)  # slicing keeps all directions when a layer has fewer than `keep`
     elif isinstance(keep, Real) and not isinstance(keep, Integral) and 0 < keep <= 1:
-        explained = np.cumsum(s**2) / np.sum(s**2)
-        k = int(np.searchsorted(explained, keep - 1e-12)) + 1  # tolerance: rounding must not skip keep=1.0
+        k = _leading_count(s**2, keep)
     else:
         raise SimilarityInputError(
             f"keep must be an int >= 1 (number of directions) or a float in (0, 1] (fraction of variance), got {keep!r}"
