@@ -172,6 +172,8 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
         "physics_uniform_controls_transitions_per_s": u,
         "gymnasium_transitions_per_s": c,
         "sampler_over_physics": a / b,
+        # each repetition's own a/b: the machine's speed drifts between repetitions, a and b move together
+        "sampler_over_physics_per_repeat": [x / y for x, y in zip(figures["sampler"], figures["physics"], strict=True)],
         "sampler_over_physics_uniform_controls": a / u,
         "sampler_over_gymnasium": a / c,
         "simulations": nsim,

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=2000, help="seed of the analysis tasks")
     a.add_argument("--adapt", help="adaptation spec for the inner loop (default: the run's own)")
     a.add_argument("--checkpoints", action="store_true", help="repeat over the run's saved snapshots")
+    a.add_argument(
+        "--inner-steps", type=int, help="classification: test-time inner steps (default: evaluation.inner_steps)"
+    )
     a.add_argument("--conv", choices=["positions", "mean"], default="positions", help="conv maps as datapoints")
     a.add_argument("--data-root", help="classification data root")
     a.add_argument("--out", help="directory for the JSON and PNG (default RUN/analysis)")
@@ -185,11 +188,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.data_root:
         for c in configs:
             c.setdefault("data", {})["root"] = args.data_root
+    if args.inner_steps is not None:
+        if configs[0]["kind"] != "classification" or args.inner_steps < 1:
+            raise UserError("--inner-steps takes a classification run and a count >= 1 (RL adapts once, as trained)")
+        for c in configs:
+            c["evaluation"]["inner_steps"] = args.inner_steps
     mod = _kind_module(configs[0]["kind"])
     out = Path(args.out) if args.out else runs[0].path / "analysis"
     state = runs[0].load_checkpoint()
     probe = mod.analysis_probe(configs[0], state, args.tasks, args.seed)
     name = runs[0].path.name
+    classification = configs[0]["kind"] == "classification"
+    steps = {"inner_steps": configs[0]["evaluation"]["inner_steps"]} if classification else {}
     if len(runs) == 2:
         if configs[1]["kind"] != configs[0]["kind"]:
             raise UserError("the two runs must be of the same kind (both RL or both classification)")
@@ -203,13 +213,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for snap in [*runs[0].snapshots(), None]:
             s = runs[0].load_checkpoint(snap)
             tables[s["iteration"]] = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
-        result = {"run": args.runs[0], "over_training": tables, "tasks": args.tasks}
+        result = {"run": args.runs[0], "over_training": tables, "tasks": args.tasks, **steps}
         result["png"] = str(report.line_chart(tables, out / "over_training.png", f"{name}: before vs after adaptation"))
         result["json"] = str(report.write_json(result, out / "over_training.json"))
     else:
         table = report.compare(*mod.capture(configs[0], state, probe, args.adapt), args.conv)
-        result = {"run": args.runs[0], "iteration": state["iteration"], "layers": table, "tasks": args.tasks}
+        result = {"run": args.runs[0], "iteration": state["iteration"], "layers": table, "tasks": args.tasks, **steps}
         title = f"{name} (iteration {state['iteration']}): before vs after adaptation"
+        title += f", {steps['inner_steps']} inner steps" if steps else ""
         result["png"] = str(report.bar_chart(table, out / "adaptation_similarity.png", title))
         result["json"] = str(report.write_json(result, out / "adaptation_similarity.json"))
     if args.json:

