@@ -42,7 +42,14 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   metarl summarize $RUNS/hc_*_s0 --tasks 40 --inner-steps 1
   metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head --adapt full
-  metarl analyze $RUNS/hc_dir_maml_s0 --tasks 8 --out results/analysis/hc_dir_maml_s0
+  metarl evaluate $RUNS/hc_dir_anil_s0 --tasks 40 --inner-steps 3  # more test steps: is ANIL under-adapted?
+  for env in dir vel; do
+    metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
+  done
+  metarl plot $RUNS/hc_dir_anil_s0 $RUNS/hc_dir_maml_s0 --out results/figures/halfcheetah_dir_curves.png \
+    --title "HalfCheetah-Direction, seed 0 (40 tasks x 20 trajectories per iteration)"
+  metarl plot $RUNS/hc_vel_anil_s0 $RUNS/hc_vel_maml_s0 --out results/figures/halfcheetah_vel_curves.png \
+    --title "HalfCheetah-Velocity, seed 0 (40 tasks x 20 trajectories per iteration)"
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
