@@ -37,8 +37,10 @@ if [[ $what == nav || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
-  for cfg in dir_anil dir_maml vel_anil vel_maml; do
-    train hc_${cfg}_s0 configs/rl/halfcheetah_$cfg.yaml --seed 0 --set env.settings.nthread=1
+  for seed in 0 1 2; do  # seed 0 of every cell first; seeds 1 and 2 of Direction were started next
+    for cfg in dir_anil dir_maml vel_anil vel_maml; do
+      train hc_${cfg}_s$seed configs/rl/halfcheetah_$cfg.yaml --seed $seed --set env.settings.nthread=1
+    done
   done
   metarl summarize $RUNS/hc_*_s0 --tasks 40 --inner-steps 1
   metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head --adapt full
