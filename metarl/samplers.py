@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from envs.base import BatchEnv
 from metarl.adaptation import Params
+from metarl.policies import GaussianMLPPolicy
 
 
 @dataclass
@@ -63,13 +64,15 @@ class Episodes:
 @torch.no_grad()
 def sample(
     engine: BatchEnv,
-    policy: nn.Module,
+    policy: GaussianMLPPolicy,
     params: Params,
     tasks: list[dict],
     per_task: int,
     rng: np.random.Generator,
 ) -> Episodes:
     """Roll out `per_task` trajectories of every task for the engine's horizon.
+
+    The policy runs through `GaussianMLPPolicy.act`, its forward pass without autograd.
 
     `params` may hold one parameter set or per-task sets with a leading task axis.
     """
