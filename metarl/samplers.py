@@ -72,9 +72,8 @@ def sample(
 ) -> Episodes:
     """Roll out `per_task` trajectories of every task for the engine's horizon.
 
-    The policy runs through `GaussianMLPPolicy.act`, its forward pass without autograd.
-
-    `params` may hold one parameter set or per-task sets with a leading task axis.
+    `params` may hold one parameter set or per-task sets with a leading task axis; the policy
+    runs through `GaussianMLPPolicy.act`, its forward pass without autograd.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # torch's idle threads would spin on the cores MuJoCo's threads need
