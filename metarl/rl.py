@@ -155,6 +155,15 @@ def evaluate(
         "seed": seed,
         "returns": means,
         "ci95": ci,
+        # each test task with its mean return before adaptation and after each step (a per-task breakdown,
+        # e.g. forward against backward on HalfCheetah-Direction)
+        "per_task": [
+            {
+                "task": {k: np.asarray(v).tolist() for k, v in task.items()},
+                "returns": [r[i].item() for r in per_task_returns],
+            }
+            for i, task in enumerate(task_list)
+        ],
     }
 
 

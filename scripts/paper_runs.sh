@@ -45,6 +45,11 @@ if [[ $what == halfcheetah || $what == all ]]; then
   metarl summarize $RUNS/hc_*_s0 --tasks 40 --inner-steps 1
   metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head --adapt full
   metarl evaluate $RUNS/hc_dir_anil_s0 --tasks 40 --inner-steps 3  # more test steps: is ANIL under-adapted?
+  for run in hc_dir_anil_s0 hc_dir_maml_s0 hc_vel_maml_s0; do  # per task group: where head-only adaptation falls short
+    for a in full head; do
+      metarl evaluate $RUNS/$run --tasks 40 --inner-steps 1 --adapt $a --json | .venv/bin/python scripts/by_task.py
+    done
+  done
   for env in dir vel; do
     metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
   done

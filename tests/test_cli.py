@@ -84,6 +84,10 @@ def test_evaluate_json_and_adaptation_modes(tmp_path, capsys, config):
         assert result["adapt"] == adapt and result["tasks"] == 4
         assert len(result["returns"]) == 3 and len(result["ci95"]) == 3
         assert all(c >= 0 for c in result["ci95"])
+        per_task = result["per_task"]
+        assert len(per_task) == 4 and all(set(t["task"]) == {"goal"} and len(t["returns"]) == 3 for t in per_task)
+        for k in range(3):  # the headline figure is the mean of the per-task figures
+            assert result["returns"][k] == pytest.approx(sum(t["returns"][k] for t in per_task) / 4)
         if adapt == "none":
             assert len(set(result["returns"])) == 3  # fresh trajectories each step, same policy
     assert main(["evaluate", str(run), "--tasks", "4"]) == 0
