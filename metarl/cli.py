@@ -188,8 +188,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.data_root:
         for c in configs:
             c.setdefault("data", {})["root"] = args.data_root
+    classification = configs[0]["kind"] == "classification"
     if args.inner_steps is not None:
-        if configs[0]["kind"] != "classification" or args.inner_steps < 1:
+        if not classification or args.inner_steps < 1:
             raise UserError("--inner-steps takes a classification run and a count >= 1 (RL adapts once, as trained)")
         for c in configs:
             c["evaluation"]["inner_steps"] = args.inner_steps
@@ -198,7 +199,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     state = runs[0].load_checkpoint()
     probe = mod.analysis_probe(configs[0], state, args.tasks, args.seed)
     name = runs[0].path.name
-    classification = configs[0]["kind"] == "classification"
     steps = {"inner_steps": configs[0]["evaluation"]["inner_steps"]} if classification else {}
     if len(runs) == 2:
         if configs[1]["kind"] != configs[0]["kind"]:

@@ -76,8 +76,11 @@ class GaussianMLPPolicy(nn.Module):
         if stage == "layers":
             return {**outputs, "head": _linear(x, self.head)}
         mean = _linear(x, self.head)
-        std = self.log_std.clamp(min=self.min_log_std).exp().unsqueeze(-2)
-        return mean, std.expand_as(mean)
+        return mean, self._std(self.log_std, mean)
+
+    def _std(self, log_std: Tensor, mean: Tensor) -> Tensor:
+        """The clamped std, (A,) or per task (T, A), broadcast to the shape of `mean`."""
+        return log_std.clamp(min=self.min_log_std).exp().unsqueeze(-2).expand_as(mean)
 
     @torch.no_grad()
     def act(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,8 +104,7 @@ class GaussianMLPPolicy(nn.Module):
         for i in range(len(self.hidden)):
             h = self.activation(linear(h, f"hidden.{i}"))
         mean = linear(h, "head")
-        std = get("log_std").clamp(min=self.min_log_std).exp().unsqueeze(-2)
-        return mean, std.expand_as(mean)
+        return mean, self._std(get("log_std"), mean)
 
 
 def distribution(policy: nn.Module, params: Params, x: Tensor, stage: str = "full") -> tuple[Tensor, Tensor]:
