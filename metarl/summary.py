@@ -67,11 +67,14 @@ def markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
             pre = _mean_std([r["returns"][0] for r in results])
             post = _mean_std([r["returns"][-1] for r in results])
             ci = statistics.mean(r["ci95"][-1] for r in results)
+            per_seed = [r["returns"][-1] for r in results]
             cells = [pre, post]
         else:
             ci = 100 * statistics.mean(r["ci95"] for r in results)
-            cells = [_mean_std([100 * r["accuracy"] for r in results])]
-        rows.append("| " + " | ".join([method, adapt, seeds, iters, *cells, f"{ci:.1f}", minutes]) + " |")
+            per_seed = [100 * r["accuracy"] for r in results]
+            cells = [_mean_std(per_seed)]
+        each = ", ".join(f"{x:.1f}" for x in per_seed)
+        rows.append("| " + " | ".join([method, adapt, seeds, iters, *cells, each, f"{ci:.1f}", minutes]) + " |")
     score = ["before adaptation", "after adaptation"] if "returns" in next(iter(groups.values()))[0] else ["accuracy %"]
-    cols = ["method", "adapt at test", "seeds", "iterations", *score, "95% CI (per seed)", "train minutes"]
+    cols = ["method", "adapt at test", "seeds", "iterations", *score, "per seed", "95% CI (per seed)", "train minutes"]
     return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *rows])

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The runs behind the README's tables, in the order they were made. Each `train` resumes
+# The runs behind the README's tables, in the order they were made, then their tables
+# (scripts/tables.sh, from these run directories) and analyses. Each `train` resumes
 # if its run directory already exists, so the script can be stopped and restarted at will.
 # Two of these in parallel suit a 2-core machine (give HalfCheetah 1 MuJoCo thread each).
 # Usage: scripts/paper_runs.sh [nav|halfcheetah|omniglot|all] [RUNS_DIR]
@@ -19,8 +20,6 @@ if [[ $what == nav || $what == all ]]; then
   for seed in 0 1 2; do
     for m in anil maml; do train nav_${m}_s$seed configs/rl/navigation2d_$m.yaml --seed $seed; done
   done
-  metarl summarize $RUNS/nav_anil_s? $RUNS/nav_maml_s? --tasks 40 --inner-steps 1
-  metarl summarize $RUNS/nav_maml_s? --tasks 40 --inner-steps 1 --adapt full --adapt head
   metarl analyze $RUNS/nav_maml_s0 --tasks 40 --out results/analysis/nav_maml_s0
   # ablations under the default action semantics (raw output clipped to +-0.1), where ANIL drifts
   for seed in 0 1 2; do
@@ -32,8 +31,7 @@ if [[ $what == nav || $what == all ]]; then
   done
   train nav_anil_s2_fixedstd configs/rl/navigation2d_anil.yaml --seed 2 \
     --set env.settings.action_rescale=false --set policy.adapt_log_std=false
-  metarl summarize $RUNS/nav_anil_s?_clip $RUNS/nav_maml_s?_clip --tasks 40 --inner-steps 1
-  metarl summarize $RUNS/nav_*_stepw $RUNS/nav_anil_s2_fixedstd --tasks 40 --inner-steps 1
+  scripts/tables.sh nav $RUNS
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
@@ -42,14 +40,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
       train hc_${cfg}_s$seed configs/rl/halfcheetah_$cfg.yaml --seed $seed --set env.settings.nthread=1
     done
   done
-  metarl summarize $RUNS/hc_*_s0 --tasks 40 --inner-steps 1
-  metarl summarize $RUNS/hc_dir_maml_s0 $RUNS/hc_vel_maml_s0 --tasks 40 --inner-steps 1 --adapt head --adapt full
-  metarl evaluate $RUNS/hc_dir_anil_s0 --tasks 40 --inner-steps 3  # more test steps: is ANIL under-adapted?
-  for run in hc_dir_anil_s0 hc_dir_maml_s0 hc_vel_maml_s0; do  # per task group: where head-only adaptation falls short
-    for a in full head; do
-      metarl evaluate $RUNS/$run --tasks 40 --inner-steps 1 --adapt $a --json | .venv/bin/python scripts/by_task.py
-    done
-  done
+  scripts/tables.sh halfcheetah $RUNS
   for env in dir vel; do
     metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
   done
@@ -77,7 +68,6 @@ if [[ $what == omniglot || $what == all ]]; then
   # cls_omni5_maml_s0 with --set training.iterations=5000 gives: resumes restore every RNG state)
   train cls_omni5_maml_s0_5000 $C/omniglot_5w1s_maml.yaml --seed 0 "${O[@]}" \
     --set training.iterations=5000 --set logging.snapshot_every=500
-  metarl evaluate $RUNS/cls_omni5_maml_s0_5000 "${O[@]}"
   for s in 1 2; do
     train cls_omni5_anil_s$s $C/omniglot_5w1s_anil.yaml --seed $s "${O[@]}" \
       --set training.iterations=1000 --set logging.snapshot_every=250
@@ -87,19 +77,16 @@ if [[ $what == omniglot || $what == all ]]; then
     train cls_omni5_${r}_s0 $C/omniglot_5w1s_$r.yaml --seed 0 "${O[@]}" \
       --set training.iterations=1000 --set logging.snapshot_every=250
   done
-  metarl summarize $RUNS/cls_omni5_{maml,anil,multiclass,multitask,niltrain}_s0 "${O[@]}" --adapt nil
-  metarl evaluate $RUNS/cls_omni5_anil_s0 "${O[@]}" --adapt nil \
-    --checkpoint $RUNS/cls_omni5_anil_s0/snapshots/iter_000000.pt
-  # Table 1 (freezing) and the NIL read-out, 600 test tasks
-  metarl summarize $RUNS/cls_omni20_maml_s0 $RUNS/cls_omni20_anil_s0 "${O[@]}" \
-    --adapt full --adapt head --adapt nil
-  metarl summarize $RUNS/cls_omni20_maml_s0 "${O[@]}" \
-    --adapt none --adapt freeze:1 --adapt freeze:2 --adapt freeze:3 --adapt freeze:4
-  metarl summarize $RUNS/cls_omni5_anil_s0 "${O[@]}" --adapt head --adapt nil
+  scripts/tables.sh omniglot $RUNS
+  scripts/tables.sh trends $RUNS  # accuracy of the snapshots (random features: the untrained one)
   # Figure 2 / 3 and Table 3: representational similarity
   metarl analyze $RUNS/cls_omni20_maml_s0 "${O[@]}" --tasks 8 --out results/analysis/omni20_maml_s0
   metarl analyze $RUNS/cls_omni5_maml_s0_5000 "${O[@]}" --tasks 8 --checkpoints --out results/analysis/omni5_maml_s0_5000
   metarl analyze $RUNS/cls_omni5_maml_s0_5000 "${O[@]}" --tasks 8 --out results/analysis/omni5_maml_s0_5000
+  metarl analyze $RUNS/cls_omni5_maml_s0_5000 "${O[@]}" --tasks 8 --inner-steps 1 \
+    --out results/analysis/omni5_maml_s0_5000_1step
+  metarl analyze $RUNS/cls_omni5_maml_s0_5000 "${O[@]}" --tasks 8 --conv mean \
+    --out results/analysis/omni5_maml_s0_5000_convmean
   metarl analyze $RUNS/cls_omni5_maml_s0 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/maml_maml
   metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_anil_s2 "${O[@]}" --tasks 8 --out results/analysis/anil_anil
   metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/anil_maml

@@ -275,6 +275,8 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     assert main(["summarize", *map(str, runs), "--tasks", "3"]) == 0
     table = capsys.readouterr().out
     assert "| navigation2d ANIL | head | 0,1 | 1 |" in table and "±" in table
+    posts = ", ".join(f"{r['returns'][-1]:.1f}" for r in groups["navigation2d ANIL | head"])
+    assert f"| {posts} |" in table  # each seed's own after-adaptation return
 
 
 def test_summarize_several_specs_side_by_side(tmp_path, capsys):

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every table in the README, recomputed from run directories (no training); each command's
+# output is kept as results/tables/<name>.txt, the command on its first line.
+# RUNS defaults to the committed checkpoints in results/runs/. `trends` evaluates training
+# snapshots, which results/runs/ leaves out for size: give it the run directories that
+# scripts/paper_runs.sh trains (`scripts/tables.sh trends runs`).
+# Usage: scripts/tables.sh [nav|halfcheetah|omniglot|trends|all] [RUNS]
+# (METARL_DATA: the folder holding omniglot/, default ../shared/data)
+set -euo pipefail
+what=${1:-all}
+R=${2:-results/runs}
+OUT=results/tables
+DATA=${METARL_DATA:-../shared/data}
+mkdir -p $OUT
+
+table() {  # table NAME COMMAND...: run it, print and keep its output (command first)
+  local name=$1; shift
+  echo "== $name: $*"
+  { echo "\$ $*"; "$@"; } > "$OUT/$name.txt.tmp"
+  mv "$OUT/$name.txt.tmp" "$OUT/$name.txt"
+  cat "$OUT/$name.txt"
+}
+metarl() { .venv/bin/metarl "$@"; }
+py() { .venv/bin/python "$@"; }
+by_task() {  # by_task RUN ADAPT: per-task-group returns of one evaluation
+  .venv/bin/metarl evaluate "$1" --tasks 40 --inner-steps 1 --adapt "$2" --json | .venv/bin/python scripts/by_task.py
+}
+
+if [[ $what == nav || $what == all ]]; then
+  E=(--tasks 40 --inner-steps 1)
+  table nav_table2 metarl summarize $R/nav_anil_s? $R/nav_maml_s? "${E[@]}"
+  table nav_maml_head_vs_full metarl summarize $R/nav_maml_s? "${E[@]}" --adapt full --adapt head
+  table nav_clip metarl summarize $R/nav_anil_s?_clip $R/nav_maml_s?_clip "${E[@]}"
+  table nav_clip_maml_head metarl summarize $R/nav_maml_s?_clip "${E[@]}" --adapt head
+  table nav_scale py scripts/nav_scale.py $R/nav_{anil,maml}_s?_clip $R/nav_{anil,maml}_s?
+  table nav_stepw metarl summarize $R/nav_*_stepw "${E[@]}"
+  table nav_fixedstd metarl summarize $R/nav_anil_s2_fixedstd "${E[@]}"
+fi
+
+if [[ $what == halfcheetah || $what == all ]]; then
+  E=(--tasks 40 --inner-steps 1)
+  table hc_table2 metarl summarize $R/hc_{dir,vel}_{anil,maml}_s? "${E[@]}"
+  table hc_maml_head_vs_full metarl summarize $R/hc_{dir,vel}_maml_s? "${E[@]}" --adapt full --adapt head
+  table hc_dir_anil_s0_3steps metarl evaluate $R/hc_dir_anil_s0 --tasks 40 --inner-steps 3
+  table hc_dir_by_task_anil_head by_task $R/hc_dir_anil_s0 head
+  table hc_dir_by_task_maml_full by_task $R/hc_dir_maml_s0 full
+  table hc_dir_by_task_maml_head by_task $R/hc_dir_maml_s0 head
+  table hc_vel_by_task_maml_full by_task $R/hc_vel_maml_s0 full
+  table hc_vel_by_task_maml_head by_task $R/hc_vel_maml_s0 head
+fi
+
+if [[ $what == omniglot || $what == all ]]; then
+  O=(--data-root $DATA)
+  table omni20_anil metarl summarize $R/cls_omni20_anil_s0 "${O[@]}" --adapt head --adapt nil
+  table omni20_maml_freezing metarl summarize $R/cls_omni20_maml_s0 "${O[@]}" --adapt full \
+    --adapt freeze:1 --adapt freeze:2 --adapt freeze:3 --adapt freeze:4 --adapt none --adapt nil
+  table omni5_maml_freezing metarl summarize $R/cls_omni5_maml_s0 "${O[@]}" --adapt full \
+    --adapt freeze:1 --adapt freeze:2 --adapt freeze:3 --adapt freeze:4 --adapt none --adapt nil
+  table omni5_anil_6000 metarl summarize $R/cls_omni5_anil_s0 "${O[@]}" --adapt head --adapt nil
+  table omni5_maml_5000 metarl evaluate $R/cls_omni5_maml_s0_5000 "${O[@]}"
+  table omni5_regimes_nil metarl summarize $R/cls_omni5_maml_s{0,1} $R/cls_omni5_anil_s{1,2} \
+    $R/cls_omni5_{multiclass,multitask,niltrain}_s0 "${O[@]}" --adapt nil
+  table cca_bias py scripts/cca_bias.py
+fi
+
+if [[ $what == trends || ($what == all && -d $R/cls_omni5_anil_s0/snapshots) ]]; then
+  O=(--data-root $DATA)
+  snapshots() {  # snapshots RUN ADAPT: one evaluation per snapshot
+    local run=$R/$1
+    for snap in "$run"/snapshots/iter_*.pt; do
+      echo "$(basename "$snap" .pt): $(.venv/bin/metarl evaluate "$run" "${O[@]}" --adapt "$2" --checkpoint "$snap" --json |
+        .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("%.1f +- %.1f" % (100 * r["accuracy"], 100 * r["ci95"]))')"
+    done
+  }
+  table omni20_anil_snapshots snapshots cls_omni20_anil_s0 head
+  table omni5_anil_snapshots snapshots cls_omni5_anil_s0 head
+  table omni5_random_features_nil metarl evaluate $R/cls_omni5_anil_s0 "${O[@]}" --adapt nil \
+    --checkpoint $R/cls_omni5_anil_s0/snapshots/iter_000000.pt
+fi
