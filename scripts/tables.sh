@@ -42,11 +42,10 @@ if [[ $what == halfcheetah || $what == all ]]; then
   table hc_table2 metarl summarize $R/hc_{dir,vel}_{anil,maml}_s? "${E[@]}"
   table hc_maml_head_vs_full metarl summarize $R/hc_{dir,vel}_maml_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_anil_s0_3steps metarl evaluate $R/hc_dir_anil_s0 --tasks 40 --inner-steps 3
-  table hc_dir_by_task_anil_head by_task $R/hc_dir_anil_s0 head
-  table hc_dir_by_task_maml_full by_task $R/hc_dir_maml_s0 full
-  table hc_dir_by_task_maml_head by_task $R/hc_dir_maml_s0 head
-  table hc_vel_by_task_maml_full by_task $R/hc_vel_maml_s0 full
-  table hc_vel_by_task_maml_head by_task $R/hc_vel_maml_s0 head
+  for run in $R/hc_{dir,vel}_{anil,maml}_s?; do  # per task group: where head-only adaptation falls short
+    specs=(head) && [[ $run == *maml* ]] && specs=(full head)
+    for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
+  done
 fi
 
 if [[ $what == omniglot || $what == all ]]; then

@@ -261,4 +261,5 @@ def test_sampler_benchmark_physics_limit_replays_the_sampler_rollout():
     assert all(r[f"{k}_transitions_per_s"] > 0 for k in rates)
     assert r["sampler_over_physics"] == r["sampler_transitions_per_s"] / r["physics_transitions_per_s"]
     assert r["sampler_over_physics_per_repeat"] == [r["sampler_over_physics"]]  # one repetition: its own ratio
+    assert r["sampler_over_physics_paired_median"] == r["sampler_over_physics"]
     assert r["simulations"] == 4 and r["horizon"] == 100
