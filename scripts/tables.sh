@@ -42,6 +42,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
   table hc_table2 metarl summarize $R/hc_{dir,vel}_{anil,maml}_s? "${E[@]}"
   table hc_maml_head_vs_full metarl summarize $R/hc_{dir,vel}_maml_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_anil_s0_3steps metarl evaluate $R/hc_dir_anil_s0 --tasks 40 --inner-steps 3
+  # ablation: the log-std fixed in ANIL's inner loop (setups.md leaves it open), seed 0
+  table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd --tasks 40 --inner-steps 1
   for run in $R/hc_{dir,vel}_{anil,maml}_s?; do  # per task group: where head-only adaptation falls short
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
     for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
