@@ -64,11 +64,9 @@ def markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
         minutes = _mean_std([r["train_seconds"] / 60 for r in results])
         iters = ",".join(sorted({str(r["iteration"]) for r in results}))
         if "returns" in results[0]:
-            pre = _mean_std([r["returns"][0] for r in results])
-            post = _mean_std([r["returns"][-1] for r in results])
-            ci = statistics.mean(r["ci95"][-1] for r in results)
             per_seed = [r["returns"][-1] for r in results]
-            cells = [pre, post]
+            ci = statistics.mean(r["ci95"][-1] for r in results)
+            cells = [_mean_std([r["returns"][0] for r in results]), _mean_std(per_seed)]
         else:
             ci = 100 * statistics.mean(r["ci95"] for r in results)
             per_seed = [100 * r["accuracy"] for r in results]

@@ -11,6 +11,8 @@ what=${1:-all}
 R=${2:-results/runs}
 OUT=results/tables
 DATA=${METARL_DATA:-../shared/data}
+E=(--tasks 40 --inner-steps 1)  # RL: the paper's 40 test tasks, one inner step
+O=(--data-root $DATA)  # classification
 mkdir -p $OUT
 
 table() {  # table NAME COMMAND...: run it, print and keep its output (command first)
@@ -23,11 +25,10 @@ table() {  # table NAME COMMAND...: run it, print and keep its output (command f
 metarl() { .venv/bin/metarl "$@"; }
 py() { .venv/bin/python "$@"; }
 by_task() {  # by_task RUN ADAPT: per-task-group returns of one evaluation
-  .venv/bin/metarl evaluate "$1" --tasks 40 --inner-steps 1 --adapt "$2" --json | .venv/bin/python scripts/by_task.py
+  metarl evaluate "$1" "${E[@]}" --adapt "$2" --json | py scripts/by_task.py
 }
 
 if [[ $what == nav || $what == all ]]; then
-  E=(--tasks 40 --inner-steps 1)
   table nav_table2 metarl summarize $R/nav_anil_s? $R/nav_maml_s? "${E[@]}"
   table nav_maml_head_vs_full metarl summarize $R/nav_maml_s? "${E[@]}" --adapt full --adapt head
   table nav_clip metarl summarize $R/nav_anil_s?_clip $R/nav_maml_s?_clip "${E[@]}"
@@ -38,12 +39,11 @@ if [[ $what == nav || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
-  E=(--tasks 40 --inner-steps 1)
   table hc_table2 metarl summarize $R/hc_{dir,vel}_{anil,maml}_s? "${E[@]}"
   table hc_maml_head_vs_full metarl summarize $R/hc_{dir,vel}_maml_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_anil_s0_3steps metarl evaluate $R/hc_dir_anil_s0 --tasks 40 --inner-steps 3
   # ablation: the log-std fixed in ANIL's inner loop (setups.md leaves it open), seed 0
-  table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd --tasks 40 --inner-steps 1
+  table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd "${E[@]}"
   for run in $R/hc_{dir,vel}_{anil,maml}_s?; do  # per task group: where head-only adaptation falls short
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
     for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
@@ -51,7 +51,6 @@ if [[ $what == halfcheetah || $what == all ]]; then
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
-  O=(--data-root $DATA)
   table omni20_anil metarl summarize $R/cls_omni20_anil_s0 "${O[@]}" --adapt head --adapt nil
   table omni20_maml_freezing metarl summarize $R/cls_omni20_maml_s0 "${O[@]}" --adapt full \
     --adapt freeze:1 --adapt freeze:2 --adapt freeze:3 --adapt freeze:4 --adapt none --adapt nil
@@ -65,12 +64,11 @@ if [[ $what == omniglot || $what == all ]]; then
 fi
 
 if [[ $what == trends || ($what == all && -d $R/cls_omni5_anil_s0/snapshots) ]]; then
-  O=(--data-root $DATA)
   snapshots() {  # snapshots RUN ADAPT: one evaluation per snapshot
     local run=$R/$1
     for snap in "$run"/snapshots/iter_*.pt; do
-      echo "$(basename "$snap" .pt): $(.venv/bin/metarl evaluate "$run" "${O[@]}" --adapt "$2" --checkpoint "$snap" --json |
-        .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("%.1f +- %.1f" % (100 * r["accuracy"], 100 * r["ci95"]))')"
+      echo "$(basename "$snap" .pt): $(metarl evaluate "$run" "${O[@]}" --adapt "$2" --checkpoint "$snap" --json |
+        py -c 'import json,sys; r=json.load(sys.stdin); print("%.1f +- %.1f" % (100 * r["accuracy"], 100 * r["ci95"]))')"
     done
   }
   table omni20_anil_snapshots snapshots cls_omni20_anil_s0 head
