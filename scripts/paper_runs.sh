@@ -40,6 +40,12 @@ if [[ $what == halfcheetah || $what == all ]]; then
       train hc_${cfg}_s$seed configs/rl/halfcheetah_$cfg.yaml --seed $seed --set env.settings.nthread=1
     done
   done
+  # ANIL-Direction ablations, seed 0: the log-std kept out of the inner loop (stopped at iteration
+  # 416 to free the cores), and a 5x inner step for the head
+  train hc_dir_anil_s0_fixedstd configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
+    --set policy.adapt_log_std=false
+  train hc_dir_anil_s0_lr05 configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
+    --set adaptation.inner_lr=0.5
   scripts/tables.sh halfcheetah $RUNS
   for env in dir vel; do
     metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
