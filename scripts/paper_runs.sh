@@ -50,8 +50,10 @@ if [[ $what == halfcheetah || $what == all ]]; then
   for env in dir vel; do
     metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
   done
-  metarl plot $RUNS/hc_dir_anil_s{0,1,2} $RUNS/hc_dir_maml_s{0,1} --out results/figures/halfcheetah_dir_curves.png \
-    --title "HalfCheetah-Direction, seeds 0-2 (ANIL) and 0-1 (MAML)"
+  metarl plot $RUNS/hc_dir_anil_s{0,1,2} $RUNS/hc_dir_maml_s{0,1,2} --out results/figures/halfcheetah_dir_curves.png \
+    --title "HalfCheetah-Direction, seeds 0-2"
+  metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05} --out results/figures/halfcheetah_dir_anil_ablations.png \
+    --title "HalfCheetah-Direction ANIL, seed 0: default, log-std fixed, inner step 0.5"
   metarl plot $RUNS/hc_vel_anil_s0 $RUNS/hc_vel_maml_s0 --out results/figures/halfcheetah_vel_curves.png \
     --title "HalfCheetah-Velocity, seed 0 (40 tasks x 20 trajectories per iteration)"
 fi
