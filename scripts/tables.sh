@@ -45,11 +45,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # ablation: the log-std fixed in ANIL's inner loop (setups.md leaves it open), seed 0
   table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd "${E[@]}"
   # ablation: a 5x inner step (0.5) for ANIL's head, seed 0, evaluated with the step it trained with
-  if [ -d $R/hc_dir_anil_s0_lr05 ]; then
-    table hc_dir_anil_s0_lr05 metarl evaluate $R/hc_dir_anil_s0_lr05 "${E[@]}"
-    table by_task_hc_dir_anil_s0_lr05_head by_task $R/hc_dir_anil_s0_lr05 head
-  fi
-  for run in $R/hc_{dir,vel}_{anil,maml}_s?; do  # per task group: where head-only adaptation falls short
+  table hc_dir_anil_s0_lr05 metarl evaluate $R/hc_dir_anil_s0_lr05 "${E[@]}"
+  # per task group: where head-only adaptation falls short
+  for run in $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05; do
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
     for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
   done
