@@ -109,23 +109,45 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
     task_list = engine.sample_tasks(tasks, rng)
     uniform = rng.uniform(-1.0, 1.0, size=(horizon, nsim, engine.act_dim))
     replay: dict[str, Any] = {}
+    engine.reset(task_list, per_task, np.random.default_rng(0))  # makes the Batch that `ours` times
+
+    split: dict[str, list[float]] = {"physics": [], "policy": [], "other": []}
+
+    def timed(fn, key: str, spent: list[float]):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+
+        return call
 
     def ours() -> float:
         replay["rng"] = copy.deepcopy(rng)  # the initial states the rollout is about to draw
         applied: list[np.ndarray] = []
         step = engine.step
+        spent = {"physics": 0.0, "policy": 0.0}
 
         def recording_step(actions: np.ndarray):
             applied.append(actions.copy())  # a 20 kB copy against a 10 ms physics step
             replay["last_obs"], *rest = step(actions)
             return (replay["last_obs"], *rest)
 
+        # where the time between two physics steps goes: Batch.step, the policy, the rest
+        batch = engine._batch
+        engine._batch = _Proxy(batch, step=timed(batch.step, "physics", spent))
         engine.step = recording_step
+        policy.act = timed(policy.act, "policy", spent)
         try:
             ep = sample(engine, policy, params, task_list, per_task, rng)
         finally:
-            del engine.step
+            del engine.step, policy.act
+            engine._batch = batch
         replay["controls"] = engine._cheetah.control(np.stack(applied))
+        steps = len(applied)
+        for key, seconds in (*spent.items(), ("other", ep.seconds - sum(spent.values()))):
+            split[key].append(1e3 * seconds / steps)
         return ep.transitions / ep.seconds
 
     def physics(controls: np.ndarray, start: np.random.Generator) -> float:
@@ -157,6 +179,8 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
 
     figures: dict[str, list[float]] = {"sampler": [], "physics": [], "uniform": [], "gymnasium": []}
     ours(), physics_replay()  # warm-up
+    for times in split.values():
+        times.clear()
     for _ in range(repeats):
         figures["sampler"].append(ours())
         figures["physics"].append(physics_replay())
@@ -179,6 +203,8 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
         "sampler_over_physics_paired_median": _median(paired),
         "sampler_over_physics_uniform_controls": a / u,
         "sampler_over_gymnasium": a / c,
+        # medians over the repetitions of (a), milliseconds per time step of all simulations
+        "sampler_split_ms_per_step": {key: _median(times) for key, times in split.items()},
         "simulations": nsim,
         "horizon": horizon,
         "mujoco_threads": engine.nthread,
@@ -187,8 +213,21 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
         "notes": "sampler: policy (64x64 tanh) in the loop, observations and rewards; physics: the same Batch "
         "replaying the sampler's own controls from the same initial states, nothing else (the replay is checked "
         "to reproduce the rollout exactly); physics_uniform_controls: uniform controls in [-1, 1]; gymnasium: "
-        "SyncVectorEnv of the single env, uniform actions, no policy",
+        "SyncVectorEnv of the single env, uniform actions, no policy; sampler_split_ms_per_step: the sampler's "
+        "time per step in Batch.step (physics), in the policy's forward pass (policy) and in the rest (noise, "
+        "controls, rewards, observations, buffers)",
     }
+
+
+class _Proxy:
+    """Stands in for an object with some attributes replaced (a `mujoco.batch.Batch` takes
+    attribute writes as writes to its simulations' fields, so its methods cannot be patched)."""
+
+    def __init__(self, target: Any, **replaced: Any) -> None:
+        self.__dict__.update(replaced, _target=target)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
 
 
 def run(args) -> dict[str, Any]:
@@ -211,6 +250,9 @@ def format_result(r: dict[str, Any]) -> str:
             f"sampler/physics {r['sampler_over_physics']:.3f} "
             f"(per-repetition median {r['sampler_over_physics_paired_median']:.3f})   "
             f"sampler/gymnasium {r['sampler_over_gymnasium']:.2f}\n"
+            "sampler, ms per step: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["sampler_split_ms_per_step"].items())
+            + "\n"
             f"({r['simulations']} simulations x {r['horizon']} steps, median of {r['repeats']})"
         )
     lines = [f"{r['benchmark']} {r.get('env') or r.get('task')}: seconds per meta-iteration (median)"]

@@ -263,3 +263,7 @@ def test_sampler_benchmark_physics_limit_replays_the_sampler_rollout():
     assert r["sampler_over_physics_per_repeat"] == [r["sampler_over_physics"]]  # one repetition: its own ratio
     assert r["sampler_over_physics_paired_median"] == r["sampler_over_physics"]
     assert r["simulations"] == 4 and r["horizon"] == 100
+    split = r["sampler_split_ms_per_step"]  # one repetition: its parts add up to its own time per step
+    assert set(split) == {"physics", "policy", "other"} and min(split.values()) > 0
+    per_step_ms = 1e3 * r["simulations"] / r["sampler_transitions_per_s"]
+    assert sum(split.values()) == pytest.approx(per_step_ms, rel=1e-9)
