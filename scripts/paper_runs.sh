@@ -54,8 +54,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "HalfCheetah-Direction, seeds 0-2"
   metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05} --out results/figures/halfcheetah_dir_anil_ablations.png \
     --title "HalfCheetah-Direction ANIL, seed 0: default, log-std fixed, inner step 0.5"
-  metarl plot $RUNS/hc_vel_anil_s0 $RUNS/hc_vel_maml_s0 --out results/figures/halfcheetah_vel_curves.png \
-    --title "HalfCheetah-Velocity, seed 0 (40 tasks x 20 trajectories per iteration)"
+  metarl plot $RUNS/hc_vel_anil_s{0,1} $RUNS/hc_vel_maml_s{0,1} --out results/figures/halfcheetah_vel_curves.png \
+    --title "HalfCheetah-Velocity, seeds 0-1 (40 tasks x 20 trajectories per iteration)"
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
