@@ -111,9 +111,7 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
     replay: dict[str, Any] = {}
     engine.reset(task_list, per_task, np.random.default_rng(0))  # makes the Batch that `ours` times
 
-    split: dict[str, list[float]] = {"physics": [], "policy": [], "other": []}
-
-    def timed(fn, key: str, spent: list[float]):
+    def timed(fn, key: str, spent: dict[str, float]):
         def call(*args, **kwargs):
             t0 = time.perf_counter()
             try:
@@ -123,7 +121,8 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
 
         return call
 
-    def ours() -> float:
+    def ours() -> tuple[float, dict[str, float]]:
+        """Transitions/s of one rollout, and its milliseconds per step in physics, policy and the rest."""
         replay["rng"] = copy.deepcopy(rng)  # the initial states the rollout is about to draw
         applied: list[np.ndarray] = []
         step = engine.step
@@ -145,10 +144,8 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
             del engine.step, policy.act
             engine._batch = batch
         replay["controls"] = engine._cheetah.control(np.stack(applied))
-        steps = len(applied)
-        for key, seconds in (*spent.items(), ("other", ep.seconds - sum(spent.values()))):
-            split[key].append(1e3 * seconds / steps)
-        return ep.transitions / ep.seconds
+        spent["other"] = ep.seconds - sum(spent.values())
+        return ep.transitions / ep.seconds, {key: 1e3 * seconds / len(applied) for key, seconds in spent.items()}
 
     def physics(controls: np.ndarray, start: np.random.Generator) -> float:
         engine.reset(task_list, per_task, start)
@@ -178,11 +175,13 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
         return nsim * horizon / (time.perf_counter() - t0)
 
     figures: dict[str, list[float]] = {"sampler": [], "physics": [], "uniform": [], "gymnasium": []}
+    split: dict[str, list[float]] = {}  # physics, policy, other: each repetition's ms per step
     ours(), physics_replay()  # warm-up
-    for times in split.values():
-        times.clear()
     for _ in range(repeats):
-        figures["sampler"].append(ours())
+        rate, ms_per_step = ours()
+        figures["sampler"].append(rate)
+        for key, ms in ms_per_step.items():
+            split.setdefault(key, []).append(ms)
         figures["physics"].append(physics_replay())
         figures["uniform"].append(physics(uniform, np.random.default_rng(1)))
         figures["gymnasium"].append(gym())
