@@ -231,7 +231,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def format_analysis(result: dict[str, Any]) -> str:
-    from metarl.analysis.report import CCA_THRESHOLD
+    from metarl.analysis.report import CCA_THRESHOLD, LABELS, SVCCA_KEEP
 
     lines = []
     tables = result.get("over_training") or {result.get("iteration", "final"): result["layers"]}
@@ -239,21 +239,16 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append(
             f"iteration {it}" if "over_training" in result else " vs ".join(result.get("runs", [result.get("run")]))
         )
-        lines.append(f"  {'layer':<10} {'CCA':>6} {'CCAall':>6} {'PWCCA':>6} {'CKA':>6} {'change':>7}")
+        lines.append(f"  {'layer':<10} " + " ".join(f"{v:>6}" for v in LABELS.values()) + f" {'change':>7}")
         lines += [
-            f"  {layer:<10} {row['cca']:6.3f} {row['cca_all']:6.3f} {row['pwcca']:6.3f} {row['cka']:6.3f}"
-            f" {row['relative_change']:7.3f}"
+            f"  {layer:<10} " + " ".join(f"{row[m]:6.3f}" for m in LABELS) + f" {row['relative_change']:7.3f}"
             for layer, row in table.items()
         ]
     if "body" in result:
-        body = result["body"]
-        lines.append(
-            f"  body average: CCA {body['cca']:.3f}  CCAall {body['cca_all']:.3f}  PWCCA {body['pwcca']:.3f}"
-            f"  CKA {body['cka']:.3f}"
-        )
+        lines.append("  body average: " + "  ".join(f"{LABELS[m]} {v:.3f}" for m, v in result["body"].items()))
     lines.append(
         f"  CCA: mean of the leading correlations making up {CCA_THRESHOLD:.0%} of their sum"
-        " (SVCCA reference); CCAall: all"
+        f" (SVCCA reference); CCAall: all; SVCCA: CCA of the directions holding {SVCCA_KEEP:.0%} of the variance"
     )
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)

@@ -257,7 +257,7 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert r["layers"]["layer1"]["cca"] == pytest.approx(1.0) and r["layers"]["layer1"]["relative_change"] == 0.0
     assert main(["analyze", str(a), str(b), "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r["body"]) == {"cca", "cca_all", "pwcca", "cka"} and r["body"]["cka"] < 1.0
+    assert set(r["body"]) == {"cca", "cca_all", "svcca", "pwcca", "cka"} and r["body"]["cka"] < 1.0
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2]

@@ -14,20 +14,25 @@ from typing import Any
 
 import numpy as np
 
-from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca, pwcca
+from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca, pwcca, svcca
 
 Capture = dict[str, list[np.ndarray]]
 # "cca" is the summary of the SVCCA authors' reference code, which the paper's figures come from:
 # the mean of the leading correlations making up 98% of their sum. "cca_all" is the plain mean,
-# which every near-zero correlation of a signal-free direction pulls down. PWCCA (Morcos et al.
-# 2018) instead weighs each correlation by how much of the representation its direction carries.
+# which every near-zero correlation of a signal-free direction pulls down. SVCCA (Raghu et al.
+# 2017) first drops the low-variance directions of each side (keeping 99% of the variance), whose
+# correlations are mostly noise. PWCCA (Morcos et al. 2018) instead weighs each correlation by how
+# much of the representation its direction carries.
 CCA_THRESHOLD = 0.98
+SVCCA_KEEP = 0.99
 MEASURES = {
     "cca": lambda x, y: mean_cca(x, y, threshold=CCA_THRESHOLD),
     "cca_all": mean_cca,
+    "svcca": lambda x, y: svcca(x, y, keep=SVCCA_KEEP, threshold=CCA_THRESHOLD),
     "pwcca": pwcca,
     "cka": linear_cka,
 }
+LABELS = {"cca": "CCA", "cca_all": "CCAall", "svcca": "SVCCA", "pwcca": "PWCCA", "cka": "CKA"}
 
 
 def relative_change(x: np.ndarray, y: np.ndarray) -> float:
@@ -79,7 +84,7 @@ def bar_chart(table: dict[str, dict[str, float]], out: Path, title: str) -> Path
             x + (i - (len(MEASURES) - 1) / 2) * width,
             [table[layer][m] for layer in layers],
             width,
-            label=m.upper(),
+            label=LABELS[m],
             yerr=[table[layer][f"{m}_std"] for layer in layers],
             capsize=2,
         )
