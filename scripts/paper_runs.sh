@@ -41,11 +41,14 @@ if [[ $what == halfcheetah || $what == all ]]; then
     done
   done
   # ANIL-Direction ablations, seed 0: the log-std kept out of the inner loop (stopped at iteration
-  # 416 to free the cores), and a 5x inner step for the head
+  # 416 to free the cores), a 5x inner step for the head, and Finn et al.'s 100x100 ReLU policy
+  # (stopped when the session's time ran out; see results/README.md for the iteration)
   train hc_dir_anil_s0_fixedstd configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
     --set policy.adapt_log_std=false
   train hc_dir_anil_s0_lr05 configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
     --set adaptation.inner_lr=0.5
+  train hc_dir_anil_s0_relu100 configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
+    --set policy.hidden_sizes=[100,100] --set policy.activation=relu
   scripts/tables.sh halfcheetah $RUNS
   for env in dir vel; do
     metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
@@ -54,8 +57,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "HalfCheetah-Direction, seeds 0-2"
   metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05} --out results/figures/halfcheetah_dir_anil_ablations.png \
     --title "HalfCheetah-Direction ANIL, seed 0: default, log-std fixed, inner step 0.5"
-  metarl plot $RUNS/hc_vel_anil_s{0,1} $RUNS/hc_vel_maml_s{0,1} --out results/figures/halfcheetah_vel_curves.png \
-    --title "HalfCheetah-Velocity, seeds 0-1 (40 tasks x 20 trajectories per iteration)"
+  metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
+    --title "HalfCheetah-Velocity, seeds 0-2 (40 tasks x 20 trajectories per iteration)"
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
