@@ -55,8 +55,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   metarl plot $RUNS/hc_dir_anil_s{0,1,2} $RUNS/hc_dir_maml_s{0,1,2} --out results/figures/halfcheetah_dir_curves.png \
     --title "HalfCheetah-Direction, seeds 0-2"
-  metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05} --out results/figures/halfcheetah_dir_anil_ablations.png \
-    --title "HalfCheetah-Direction ANIL, seed 0: default, log-std fixed, inner step 0.5"
+  metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100} --out results/figures/halfcheetah_dir_anil_ablations.png \
+    --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
     --title "HalfCheetah-Velocity, seeds 0-2 (40 tasks x 20 trajectories per iteration)"
 fi

@@ -46,6 +46,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
   table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd "${E[@]}"
   # ablation: a 5x inner step (0.5) for ANIL's head, seed 0, evaluated with the step it trained with
   table hc_dir_anil_s0_lr05 metarl evaluate $R/hc_dir_anil_s0_lr05 "${E[@]}"
+  # ablation: Finn et al.'s 100x100 ReLU policy, seed 0, stopped at 300 iterations (compare with
+  # the default's snapshot at 300: hc_dir_anil_s0_iter300 under trends)
+  table hc_dir_anil_s0_relu100 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}"
   # per task group: where head-only adaptation falls short
   for run in $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05; do
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
@@ -78,4 +81,6 @@ if [[ $what == trends || ($what == all && -d $R/cls_omni5_anil_s0/snapshots) ]];
   table omni5_anil_snapshots snapshots cls_omni5_anil_s0 head
   table omni5_random_features_nil metarl evaluate $R/cls_omni5_anil_s0 "${O[@]}" --adapt nil \
     --checkpoint $R/cls_omni5_anil_s0/snapshots/iter_000000.pt
+  table hc_dir_anil_s0_iter300 metarl evaluate $R/hc_dir_anil_s0 "${E[@]}" \
+    --checkpoint $R/hc_dir_anil_s0/snapshots/iter_000300.pt
 fi
