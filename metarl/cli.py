@@ -35,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metarl.training import train
 
     if args.resume:
-        if args.config or args.seed is not None or args.data_root:
+        if args.config or args.seed is not None:
             raise UserError("--resume takes only the run directory; its config.yaml is reused as written")
         for item in args.set:
             if item.split("=", 1)[0] not in RESUME_SETTABLE:
@@ -44,6 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = run.config()
         if args.set:  # train longer / log differently; the run's config.yaml records the change
             config = merge(DEFAULTS[config["kind"]], deep_update(config, parse_overrides(args.set)))
+        if args.data_root and config["kind"] != "classification":
+            raise UserError("--data-root is for classification runs; RL runs read no data")
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (e.g. configs/rl/navigation2d_anil.yaml) or --resume DIR")
@@ -53,7 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunDir(args.out or f"runs/{stem}-s{config['seed']}-{time.strftime('%Y%m%d-%H%M%S')}")
     rng = seed_everything(config["seed"])
     # Building the experiment validates everything (env, spec, data) before anything is written.
-    exp = _kind_module(config["kind"]).make_experiment(config, rng)
+    # On resume, --data-root says where the data lies on this machine; config.yaml keeps the run's own.
+    where = deep_update(config, {"data": {"root": args.data_root}}) if args.resume and args.data_root else config
+    exp = _kind_module(config["kind"]).make_experiment(where, rng)
     state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
     if not args.resume:
         run = RunDir.create(run.path, config)

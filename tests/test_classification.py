@@ -251,6 +251,29 @@ def test_train_and_evaluate_miniimagenet(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_resume_finds_moved_data_with_data_root(tmp_path, capsys):
+    root = make_omniglot(tmp_path / "data")
+    run = tmp_path / "run"
+    assert train("omniglot_5w1s_maml.yaml", run, root) == 0
+    moved = root.rename(tmp_path / "elsewhere")
+    config_before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet", "--set", "training.iterations=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metarl: error:") and "\n" not in err
+    assert main(["train", "--resume", str(run), "--quiet", "--data-root", str(moved)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]  # already complete: nothing more to do
+    assert (
+        main(["train", "--resume", str(run), "--quiet", "--data-root", str(moved), "--set", "training.iterations=3"])
+        == 0
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    # the run's config keeps its own data root; only training.iterations changed
+    assert (run / "config.yaml").read_text() == config_before.replace("iterations: 2", "iterations: 3")
+
+
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     root = make_omniglot(tmp_path / "data")
     extra = ("training.iterations=4", "logging.checkpoint_every=2")

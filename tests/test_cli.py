@@ -124,6 +124,7 @@ def test_resume_refuses_changes_to_the_experiment(tmp_path, capsys):
     before = (run / "config.yaml").read_text()
     one_line_error(capsys, ["train", "--resume", str(run), "--set", "adaptation.inner_lr=0.5"], "can change only")
     one_line_error(capsys, ["train", "--resume", str(run), "--set", "training.iterations=x"], "training.iterations")
+    one_line_error(capsys, ["train", "--resume", str(run), "--data-root", str(tmp_path)], "classification runs")
     assert (run / "config.yaml").read_text() == before
 
 
