@@ -18,6 +18,12 @@ Default semantics (the most used PyTorch reproduction, see setups.md):
 - Initial state as HalfCheetah-v5: qpos0 + U(-0.1, 0.1), qvel 0.1 * N(0, 1), drawn in that
   order, so a seeded reset of the single env starts where HalfCheetah-v5 does.
 
+Finn et al.'s rllab variant is reachable by settings: `frame_skip=1` (dt 0.01), `horizon=200`,
+`action_scale=1.0` and `velocity="com"`. The latter rewards the x-velocity of the whole body's
+centre of mass (rllab's `get_body_comvel("torso")`, the torso's subtree) at the state after the
+step; as rllab, it recomputes the kinematics there, so the torso position in the observation is
+current rather than one substep behind. The model stays gymnasium's, and so do the reset noise.
+
 The single envs (`HalfCheetahDirEnv`, `HalfCheetahVelEnv`) define the semantics; the batched
 engines (`HalfCheetahDirBatch`, `HalfCheetahVelBatch`) step every simulation of a meta-batch
 in one `mujoco.batch.Batch` and match them bit for bit. Both take their maths from
@@ -40,10 +46,11 @@ from metarl.errors import UserError
 
 # gymnasium.envs.mujoco itself imports the renderer (and imageio); only its asset is needed
 XML_PATH = Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets" / "half_cheetah.xml"
-FRAME_SKIP = 5
+FRAME_SKIP = 5  # the default; the `frame_skip` setting changes it
 RESET_NOISE = 0.1
 DEFAULT_VELOCITY_RANGE = (0.0, 2.0)
 KINDS = ("direction", "velocity")  # also the task dicts' keys
+VELOCITIES = ("root", "com")  # root slider finite difference (default), centre of mass (rllab)
 
 
 @functools.cache
@@ -79,6 +86,8 @@ class _Cheetah:
         action_scale: float,
         horizon: int,
         velocity_range: tuple[float, float] | None,
+        frame_skip: int = FRAME_SKIP,
+        velocity: str = "root",
     ) -> None:
         if obs_dim not in (17, 20):
             raise UserError(f"HalfCheetah obs_dim must be 20 (with the torso position) or 17, not {obs_dim}")
@@ -86,6 +95,10 @@ class _Cheetah:
             raise UserError(f"HalfCheetah action_scale must be positive, not {action_scale}")
         if horizon < 1:
             raise UserError(f"HalfCheetah horizon must be at least 1, not {horizon}")
+        if isinstance(frame_skip, bool) or not isinstance(frame_skip, int) or frame_skip < 1:
+            raise UserError(f"HalfCheetah frame_skip must be a positive integer, not {frame_skip!r}")
+        if velocity not in VELOCITIES:
+            raise UserError(f"HalfCheetah velocity must be one of {VELOCITIES}, not {velocity!r}")
         if velocity_range is not None and kind != "velocity":
             raise UserError("velocity_range is a setting of HalfCheetah-Velocity only")
         velocity_range = tuple(velocity_range or DEFAULT_VELOCITY_RANGE)
@@ -99,8 +112,15 @@ class _Cheetah:
         self.velocity_range = velocity_range
         self.model = _model()
         self.torso = self.model.body("torso").id
-        self.dt = self.model.opt.timestep * FRAME_SKIP
+        self.frame_skip = frame_skip
+        self.velocity = velocity
+        self.dt = self.model.opt.timestep * frame_skip
         self.act_dim = self.model.nu
+        # bodies of the torso's subtree (the whole cheetah) and their share of its mass
+        subtree = [b for b in range(self.model.nbody) if self.model.body_rootid[b] == self.torso]
+        self._subtree = np.array(subtree)
+        mass = self.model.body_mass[self._subtree]
+        self._mass_share = mass / mass.sum()
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[dict]:
         return sample_tasks(self.kind, n, rng, self.velocity_range)
@@ -128,6 +148,15 @@ class _Cheetah:
         ctrl_cost = self.ctrl_cost_weight * np.sum(np.square(control), axis=-1)
         return run - ctrl_cost, run, ctrl_cost
 
+    def com_velocity(self, cvel: np.ndarray, xipos: np.ndarray, subtree_com: np.ndarray) -> np.ndarray:
+        """x-velocity of the torso subtree's centre of mass from MuJoCo's com-based body
+        velocities (..., nbody, 6): each body's linear velocity at its own centre of mass
+        (as mj_objectVelocity), mass-weighted (as mj_subtreeVel, which mj_forward leaves lazy)."""
+        ang, lin = cvel[..., self._subtree, :3], cvel[..., self._subtree, 3:]
+        offset = xipos[..., self._subtree, :] - subtree_com[..., self.torso : self.torso + 1, :]
+        v_x = lin[..., 0] + ang[..., 1] * offset[..., 2] - ang[..., 2] * offset[..., 1]
+        return np.sum(v_x * self._mass_share, axis=-1)
+
     def observe(self, qpos: np.ndarray, qvel: np.ndarray, xpos: np.ndarray) -> np.ndarray:
         """Observation from qpos, qvel and body positions xpos (..., nbody, 3)."""
         parts = [qpos[..., 1:], qvel]
@@ -154,8 +183,12 @@ class _HalfCheetahEnv(gymnasium.Env):
         action_scale: float = 10.0,
         horizon: int = 100,
         velocity_range: tuple[float, float] | None = None,
+        frame_skip: int = FRAME_SKIP,
+        velocity: str = "root",
     ) -> None:
-        self._cheetah = _Cheetah(self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range)
+        self._cheetah = _Cheetah(
+            self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range, frame_skip, velocity
+        )
         self.model = self._cheetah.model
         self.data = mujoco.MjData(self.model)
         self.horizon = horizon
@@ -205,8 +238,14 @@ class _HalfCheetahEnv(gymnasium.Env):
         control = self._cheetah.control(action)
         x_before = self.data.qpos[0]
         self.data.ctrl[:] = control
-        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
-        velocity = (self.data.qpos[0] - x_before) / self.dt
+        mujoco.mj_step(self.model, self.data, nstep=self._cheetah.frame_skip)
+        if self._cheetah.velocity == "com":
+            mujoco.mj_fwdPosition(self.model, self.data)  # the new state's kinematics (rllab's forward)
+            mujoco.mj_fwdVelocity(self.model, self.data)
+            d = self.data
+            velocity = self._cheetah.com_velocity(d.cvel, d.xipos, d.subtree_com)
+        else:
+            velocity = (self.data.qpos[0] - x_before) / self.dt
         reward, run, ctrl_cost = self._cheetah.rewards(velocity, control, self._goal)
         self._t += 1
         info = {
@@ -246,9 +285,13 @@ class _HalfCheetahBatch:
         action_scale: float = 10.0,
         horizon: int = 100,
         velocity_range: tuple[float, float] | None = None,
+        frame_skip: int = FRAME_SKIP,
+        velocity: str = "root",
         nthread: int | None = None,
     ) -> None:
-        self._cheetah = _Cheetah(self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range)
+        self._cheetah = _Cheetah(
+            self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range, frame_skip, velocity
+        )
         self.obs_dim = obs_dim
         self.act_dim = self._cheetah.act_dim
         self.horizon = horizon
@@ -272,6 +315,10 @@ class _HalfCheetahBatch:
         self._qvel = self._batch.bind("qvel")
         self._ctrl = self._batch.bind("ctrl")
         self._xpos = self._batch.bind("xpos")
+        if self._cheetah.velocity == "com":
+            self._cvel = self._batch.bind("cvel")
+            self._xipos = self._batch.bind("xipos")
+            self._subtree_com = self._batch.bind("subtree_com")
 
     def reset(
         self,
@@ -309,8 +356,12 @@ class _HalfCheetahBatch:
             raise ValueError(f"actions must have shape {self._ctrl.shape}, got {control.shape}")
         x_before = self._qpos[:, 0].copy()
         self._ctrl[:] = control
-        self._batch.step(nstep=FRAME_SKIP)
-        velocity = (self._qpos[:, 0] - x_before) / self._cheetah.dt
+        self._batch.step(nstep=self._cheetah.frame_skip)
+        if self._cheetah.velocity == "com":
+            self._batch.forward(stage=mujoco.mjtStage.mjSTAGE_VEL)  # the new state's kinematics
+            velocity = self._cheetah.com_velocity(self._cvel, self._xipos, self._subtree_com)
+        else:
+            velocity = (self._qpos[:, 0] - x_before) / self._cheetah.dt
         reward = self._cheetah.rewards(velocity, control, self.goals)[0]
         obs = self._cheetah.observe(self._qpos, self._qvel, self._xpos)
         return obs, reward, np.zeros(self.nsim, dtype=bool)

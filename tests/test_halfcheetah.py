@@ -4,6 +4,7 @@ batched engines against the single envs (bit for bit), the task API and the sett
 from __future__ import annotations
 
 import gymnasium
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -30,16 +31,20 @@ def _states(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.uniform(-0.3, 0.3, size=(n, 9)), rng.normal(0.0, 0.5, size=(n, 9))
 
 
+# Finn et al.'s rllab variant: no frame skip, raw control, the centre of mass's velocity
+RLLAB = {"frame_skip": 1, "velocity": "com", "action_scale": 1.0}
+
+
 @pytest.mark.parametrize(("env_cls", "batch_cls", "tasks"), FAMILIES)
-@pytest.mark.parametrize("obs_dim", [20, 17])
-def test_batch_matches_single_env_bit_for_bit(env_cls, batch_cls, tasks, obs_dim):
+@pytest.mark.parametrize(("obs_dim", "variant"), [(20, {}), (17, {}), (20, RLLAB)], ids=["20d", "17d", "rllab"])
+def test_batch_matches_single_env_bit_for_bit(env_cls, batch_cls, tasks, obs_dim, variant):
     per_task, horizon = 3, 100
     nsim = len(tasks) * per_task
     qpos, qvel = _states(nsim, seed=1)
     # raw outputs around the scale of 10, many beyond it, so the clipping is exercised
     actions = np.random.default_rng(2).normal(0.0, 8.0, size=(horizon, nsim, 6)).astype(np.float32)
 
-    batch = batch_cls(obs_dim=obs_dim, nthread=2)
+    batch = batch_cls(obs_dim=obs_dim, nthread=2, **variant)
     obs = [batch.reset(tasks, per_task, qpos=qpos, qvel=qvel)]
     rewards = []
     for t in range(horizon):
@@ -50,7 +55,7 @@ def test_batch_matches_single_env_bit_for_bit(env_cls, batch_cls, tasks, obs_dim
     obs, rewards = np.stack(obs, 1), np.stack(rewards, 1)
     assert obs.shape == (nsim, horizon + 1, obs_dim) and obs.dtype == np.float64
 
-    env = env_cls(obs_dim=obs_dim)
+    env = env_cls(obs_dim=obs_dim, **variant)
     for i in range(nsim):
         task = tasks[i // per_task]  # rows are task-major
         o, _ = env.reset(options={"task": task, "qpos": qpos[i], "qvel": qvel[i]})
@@ -62,6 +67,49 @@ def test_batch_matches_single_env_bit_for_bit(env_cls, batch_cls, tasks, obs_dim
         assert np.array_equal(obs[i], np.stack(single_obs)), f"observations differ in sim {i}"
         assert np.array_equal(rewards[i], np.array(single_rewards)), f"rewards differ in sim {i}"
     assert np.abs(obs[:, -1] - obs[:, 0]).max() > 0.5  # the cheetahs really moved
+
+
+def test_rllab_velocity_is_mujocos_subtree_com_velocity_and_leaves_the_dynamics_alone():
+    qpos, qvel = _states(1, seed=11)
+    state = {"task": {"direction": 1.0}, "qpos": qpos[0], "qvel": qvel[0]}
+    com, root = HalfCheetahDirEnv(**RLLAB), HalfCheetahDirEnv(frame_skip=1, action_scale=1.0)
+    assert com.dt == root.dt == pytest.approx(0.01)
+    com.reset(options=state)
+    root.reset(options=state)
+    check = mujoco.MjData(com.model)
+    rng = np.random.default_rng(12)
+    speeds = []
+    for _ in range(60):
+        action = rng.uniform(-1.0, 1.0, size=6)
+        o_com, r, _, _, info = com.step(action)
+        o_root, _, _, _, info_root = root.step(action)
+        # the extra kinematics pass changes nothing in the state: the trajectories stay equal
+        assert np.array_equal(o_com[:17], o_root[:17])
+        # MuJoCo's own subtree velocity at the new state (rllab's get_body_comvel("torso"))
+        check.qpos[:], check.qvel[:] = com.data.qpos, com.data.qvel
+        mujoco.mj_forward(com.model, check)
+        mujoco.mj_subtreeVel(com.model, check)
+        torso = com.model.body("torso").id
+        assert info["x_velocity"] == pytest.approx(check.subtree_linvel[torso, 0], abs=1e-12)
+        assert r == info["x_velocity"] - 0.05 * np.sum(np.square(action))
+        # the observed torso position is current, not one substep behind as in the default
+        assert np.array_equal(o_com[17:], check.xpos[torso])
+        speeds.append(info["x_velocity"] - info_root["x_velocity"])
+    assert np.abs(speeds).max() > 1e-3  # the two velocities are different quantities
+
+
+def test_frame_skip_is_that_many_substeps_of_one():
+    qpos, qvel = _states(1, seed=13)
+    state = {"task": {"velocity": 1.0}, "qpos": qpos[0], "qvel": qvel[0]}
+    five, one = HalfCheetahVelEnv(), HalfCheetahVelEnv(frame_skip=1)
+    assert five.dt == pytest.approx(0.05) and one.dt == pytest.approx(0.01)
+    five.reset(options=state)
+    one.reset(options=state)
+    action = np.full(6, 3.0, np.float32)
+    o5, r5, _, _, info5 = five.step(action)
+    velocities = [one.step(action)[4]["x_velocity"] for _ in range(5)]
+    assert np.array_equal(five.data.qpos, one.data.qpos) and np.array_equal(five.data.qvel, one.data.qvel)
+    assert info5["x_velocity"] == pytest.approx(np.mean(velocities), rel=1e-9)  # root displacement / dt
 
 
 def test_single_env_matches_gymnasium_halfcheetah_v5():
@@ -203,7 +251,16 @@ def test_settings_horizon():
 
 
 @pytest.mark.parametrize(
-    "settings", [{"obs_dim": 18}, {"action_scale": 0.0}, {"horizon": 0}, {"velocity_range": (0.0, 1.0)}]
+    "settings",
+    [
+        {"obs_dim": 18},
+        {"action_scale": 0.0},
+        {"horizon": 0},
+        {"velocity_range": (0.0, 1.0)},
+        {"frame_skip": 0},
+        {"frame_skip": 2.5},
+        {"velocity": "torso"},
+    ],
 )
 def test_bad_settings_are_user_errors(settings):
     with pytest.raises(UserError):
