@@ -290,3 +290,15 @@ def test_summarize_several_specs_side_by_side(tmp_path, capsys):
     assert head["returns"][0] == none["returns"][0]  # same tasks, same pre-adaptation policy
     # nothing adapts: the second batch differs from the first only by sampling noise
     assert abs(none["returns"][1] - none["returns"][0]) <= sum(none["ci95"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "rl").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_rl_config_loads_and_builds_its_engine_and_policy(path):
+    from metarl.config import load_config
+    from metarl.rl import build_engine, build_policy
+
+    config = load_config(path)
+    engine = build_engine(config, nthread=1) if config["env"]["name"] != "navigation2d" else build_engine(config)
+    policy = build_policy(config, engine)
+    assert engine.horizon == config["env"]["horizon"]
+    assert sum(p.numel() for p in policy.parameters()) > 0
