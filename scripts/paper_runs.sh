@@ -42,7 +42,6 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   # ANIL-Direction ablations, seed 0: the log-std kept out of the inner loop (stopped at iteration
   # 416 to free the cores), a 5x inner step for the head, and Finn et al.'s 100x100 ReLU policy
-  # (stopped when the session's time ran out; see results/README.md for the iteration)
   train hc_dir_anil_s0_fixedstd configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
     --set policy.adapt_log_std=false
   train hc_dir_anil_s0_lr05 configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \

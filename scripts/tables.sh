@@ -46,9 +46,11 @@ if [[ $what == halfcheetah || $what == all ]]; then
   table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd "${E[@]}"
   # ablation: a 5x inner step (0.5) for ANIL's head, seed 0, evaluated with the step it trained with
   table hc_dir_anil_s0_lr05 metarl evaluate $R/hc_dir_anil_s0_lr05 "${E[@]}"
-  # ablation: Finn et al.'s 100x100 ReLU policy, seed 0, stopped at 300 iterations (compare with
-  # the default's snapshot at 300: hc_dir_anil_s0_iter300 under trends)
+  # ablation: Finn et al.'s 100x100 ReLU policy, seed 0 (its 300-iteration reading is compared
+  # with the default's snapshot at 300: hc_dir_anil_s0_iter300 under trends)
   table hc_dir_anil_s0_relu100 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}"
+  # the four seed-0 ANIL-Direction curves as numbers (post-adaptation training return by 50 iterations)
+  table hc_dir_anil_s0_curves py scripts/window_means.py $R/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100}
   # per task group: where head-only adaptation falls short
   for run in $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05; do
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
