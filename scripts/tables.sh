@@ -86,4 +86,6 @@ if [[ $what == trends || ($what == all && -d $R/cls_omni5_anil_s0/snapshots) ]];
     --checkpoint $R/cls_omni5_anil_s0/snapshots/iter_000000.pt
   table hc_dir_anil_s0_iter300 metarl evaluate $R/hc_dir_anil_s0 "${E[@]}" \
     --checkpoint $R/hc_dir_anil_s0/snapshots/iter_000300.pt
+  table hc_dir_anil_s0_relu100_iter300 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}" \
+    --checkpoint $R/hc_dir_anil_s0_relu100/snapshots/iter_000300.pt
 fi
