@@ -213,11 +213,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = {"runs": args.runs, "layers": table, "body": report.body_average(table), "tasks": args.tasks}
         result["json"] = str(report.write_json(result, out / f"vs_{runs[1].path.name}.json"))
     elif args.checkpoints:
-        tables = {}
+        settings = {"run": args.runs[0], "tasks": args.tasks, "seed": args.seed, "adapt": args.adapt, "conv": args.conv}
+        settings.update(steps)
+        tables = _earlier_over_training(out / "over_training.json", settings)
+        reused = len(tables)
         for snap in [*runs[0].snapshots(), None]:
             s = runs[0].load_checkpoint(snap)
-            tables[s["iteration"]] = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
-        result = {"run": args.runs[0], "over_training": tables, "tasks": args.tasks, **steps}
+            if s["iteration"] not in tables:
+                tables[s["iteration"]] = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
+        tables = dict(sorted(tables.items()))
+        result = {**settings, "over_training": tables, "reused": reused}
         result["png"] = str(report.line_chart(tables, out / "over_training.png", f"{name}: before vs after adaptation"))
         result["json"] = str(report.write_json(result, out / "over_training.json"))
     else:
@@ -232,6 +237,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         print(format_analysis(result))
     return 0
+
+
+def _earlier_over_training(path: Path, settings: dict[str, Any]) -> dict[int, Any]:
+    """Rows of an earlier `--checkpoints` analysis made with the same settings, by iteration.
+
+    Training on and re-analysing then costs only the new snapshots, and the trend keeps the
+    iterations whose snapshot files have since been pruned or lost.
+    """
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        rows = {int(it): row for it, row in old["over_training"].items()}
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise UserError(f"{path} is not an over-training analysis; move it away to start afresh") from None
+    return rows if all(old.get(k) == v for k, v in settings.items()) else {}
 
 
 def format_analysis(result: dict[str, Any]) -> str:
@@ -254,6 +275,8 @@ def format_analysis(result: dict[str, Any]) -> str:
         f"  CCA: mean of the leading correlations making up {CCA_THRESHOLD:.0%} of their sum"
         f" (SVCCA reference); CCAall: all; SVCCA: CCA of the directions holding {SVCCA_KEEP:.0%} of the variance"
     )
+    if result.get("reused"):
+        lines.append(f"  {result['reused']} snapshot(s) taken from the earlier over_training.json (same settings)")
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)
 

@@ -261,7 +261,19 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert set(r["body"]) == {"cca", "cca_all", "svcca", "pwcca", "cka"} and r["body"]["cka"] < 1.0
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2]
+    assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2] and r["reused"] == 0
+    # Training on or losing snapshot files keeps the trend: rows with the same settings are reused.
+    for snap in sorted((a / "snapshots").glob("iter_*.pt"))[1:]:
+        snap.unlink()
+    assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused"] == 3 and again["over_training"] == r["over_training"]
+    assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--seed", "5", "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["reused"] == 0 and sorted(int(k) for k in other["over_training"]) == [0, 2]
+    Path(r["json"]).write_text("{ truncated")
+    assert main(["analyze", str(a), "--checkpoints", "--tasks", "2"]) == 2
+    assert "is not an over-training analysis" in capsys.readouterr().err
     assert main(["analyze", str(a), "--inner-steps", "3"]) == 2  # RL adapts once, as trained
     assert "--inner-steps takes a classification run" in capsys.readouterr().err
 
