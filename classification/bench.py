@@ -70,8 +70,7 @@ def meta_step(task: str, repeats: int = 5, threads: int | None = None) -> dict[s
 
     `threads` sets torch's intra-op threads for the run (default: leave as set).
     """
-    if repeats < 1:
-        raise UserError("--repeats must be >= 1")
+    task_config(task)  # an unknown task is a one-line error before any work
     if threads is not None:
         torch.set_num_threads(threads)
     data = synthetic_data(task)

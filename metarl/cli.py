@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,25 @@ def _kind_module(kind: str):
 RESUME_SETTABLE = ("training.iterations", "logging.checkpoint_every", "logging.snapshot_every")
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low, so a bad count is a usage error rather than a traceback later."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+COUNT, STEPS, SEED = _at_least(1), _at_least(0), _at_least(0)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from metarl.config import DEFAULTS, deep_update, dump, load_config, merge, parse_overrides
-    from metarl.runs import RunDir, seed_everything
+    from metarl.runs import CHECKPOINT, RunDir, seed_everything
     from metarl.training import train
 
     if args.resume:
@@ -59,6 +76,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     where = deep_update(config, {"data": {"root": args.data_root}}) if args.resume and args.data_root else config
     exp = _kind_module(config["kind"]).make_experiment(where, rng)
     state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
+    if args.resume and state is None and run.has_records():
+        raise UserError(f"{str(run.path)!r} has training records but no {CHECKPOINT}; restore it or train elsewhere")
+    if state is not None and state["iteration"] > config["training"]["iterations"]:
+        raise UserError(f"{str(run.path)!r} is at iteration {state['iteration']}; training.iterations cannot be less")
     if not args.resume:
         run = RunDir.create(run.path, config)
     elif args.set:
@@ -122,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a trained run on held-out tasks")
     e.add_argument("run", help="run directory")
     e.add_argument("--adapt", help="full | head | none | freeze:K | nil (classification) | param names")
-    e.add_argument("--inner-steps", type=int, help="inner steps at test time")
-    e.add_argument("--tasks", type=int, help="number of test tasks")
-    e.add_argument("--seed", type=int, help="seed of the test tasks")
+    e.add_argument("--inner-steps", type=STEPS, help="inner steps at test time")
+    e.add_argument("--tasks", type=COUNT, help="number of test tasks")
+    e.add_argument("--seed", type=SEED, help="seed of the test tasks")
     e.add_argument("--checkpoint", help="a snapshot file instead of the latest checkpoint")
     e.add_argument("--data-root", help="classification data root (else the run's data.root, $METARL_DATA)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -134,14 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["meta-step", "sampler"])
     b.add_argument("--env", help="navigation2d | halfcheetah-dir | halfcheetah-vel")
     b.add_argument("--task", help="omniglot-20w1s | omniglot-5w1s | miniimagenet-5w5s | ...")
-    b.add_argument("--repeats", type=int, default=5, help="timed repetitions per method (median reported)")
-    b.add_argument("--threads", type=int, default=1, help="torch threads for the updates (sampling uses 1)")
+    b.add_argument("--repeats", type=COUNT, default=5, help="timed repetitions per method (median reported)")
+    b.add_argument("--threads", type=COUNT, default=1, help="torch threads for the updates (sampling uses 1)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     a = sub.add_parser("analyze", help="CCA/CKA of each layer before vs after adaptation, or between two models")
     a.add_argument("runs", nargs="+", metavar="RUN", help="one run (before vs after adaptation) or two (A vs B)")
-    a.add_argument("--tasks", type=int, default=8, help="tasks to average over")
-    a.add_argument("--seed", type=int, default=2000, help="seed of the analysis tasks")
+    a.add_argument("--tasks", type=COUNT, default=8, help="tasks to average over")
+    a.add_argument("--seed", type=SEED, default=2000, help="seed of the analysis tasks")
     a.add_argument("--adapt", help="adaptation spec for the inner loop (default: the run's own)")
     a.add_argument("--checkpoints", action="store_true", help="repeat over the run's saved snapshots")
     a.add_argument(
@@ -158,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument(
         "--adapt", action="append", help="as for evaluate; repeat for several (default: each run's own spec)"
     )
-    sm.add_argument("--inner-steps", type=int)
-    sm.add_argument("--tasks", type=int)
-    sm.add_argument("--seed", type=int)
+    sm.add_argument("--inner-steps", type=STEPS)
+    sm.add_argument("--tasks", type=COUNT)
+    sm.add_argument("--seed", type=SEED)
     sm.add_argument("--data-root")
     sm.add_argument("--json", action="store_true", help="print every run's result as JSON")
     sm.set_defaults(func=cmd_summarize)
@@ -168,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG of pre/post-adaptation training curves of one or more runs")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", required=True, help="PNG file to write")
-    pl.add_argument("--window", type=int, default=10, help="moving-average window (iterations)")
+    pl.add_argument("--window", type=COUNT, default=10, help="moving-average window (iterations)")
     pl.add_argument("--title")
     pl.add_argument("--ylim", type=float, nargs=2, metavar=("LOW", "HIGH"), help="y-axis range")
     pl.set_defaults(func=cmd_plot)

@@ -58,6 +58,10 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "training.baseline_clip_obs": (float, int, type(None)),
 }
 
+# Integer keys that may be 0 (no inner step, no snapshots, no line search); every other
+# integer key must be >= 1, and seeds (any key ending in "seed") lie in [0, 2**32).
+ZERO_OK = ("inner_steps", "snapshot_every", "ls_max_steps")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("rl", "classification"),
     "training.outer": ("trpo", "vpg"),
@@ -93,9 +97,24 @@ def _check(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"config key {key!r} must be {names}, got {value!r} ({_type_name(type(value))})")
     if key in CHOICES and value not in CHOICES[key]:
         raise UserError(f"config key {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and float not in allowed:
+        _check_count(value, key)
+    if isinstance(value, list) and default and all(type(v) is int for v in default):
+        if not all(type(v) is int and v >= 1 for v in value):
+            raise UserError(f"config key {key!r} must be a list of integers >= 1, got {value!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _check_count(value: int, key: str) -> None:
+    """Integer settings are counts, sizes or seeds: a bad one would fail deep inside a run."""
+    name = key.rsplit(".", 1)[-1]
+    low = 0 if name in ZERO_OK or name.endswith("seed") else 1
+    if value < low:
+        raise UserError(f"config key {key!r} must be >= {low}, got {value}")
+    if name.endswith("seed") and value >= 2**32:
+        raise UserError(f"config key {key!r} must be < 2**32, got {value}")
 
 
 def merge(defaults: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -182,8 +201,6 @@ def evaluation_options(config: dict[str, Any], args: Any) -> tuple[str, int, int
     adapt = args.adapt or config["adaptation"]["spec"]
     inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
     tasks = ev["tasks"] if args.tasks is None else args.tasks
-    if inner_steps < 0 or tasks < 1:
-        raise UserError("--inner-steps must be >= 0 and --tasks >= 1")
     seed = ev["seed"] if args.seed is None else args.seed
     return adapt, inner_steps, tasks, seed
 

@@ -112,18 +112,32 @@ class RunDir:
         return merge(DEFAULTS[kind], raw)
 
     def save_checkpoint(self, state: dict[str, Any], snapshot: bool = False) -> None:
-        atomic_write_bytes(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+        # The snapshot first: a kill between the two writes then redoes this iteration on
+        # resume and rewrites the snapshot, instead of leaving a permanent gap in the trend.
         if snapshot:
             name = f"iter_{state['iteration']:06d}.pt"
             atomic_write_bytes(self.path / "snapshots" / name, lambda f: torch.save(state, f))
+        atomic_write_bytes(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+
+    def has_records(self) -> bool:
+        """Whether training got past its first checkpoint here (a resume must not start over)."""
+        metrics = self.path / "metrics.jsonl"
+        later = [p for p in self.path.glob("snapshots/iter_*.pt") if p.name != "iter_000000.pt"]
+        return (metrics.is_file() and metrics.stat().st_size > 0) or bool(later)
 
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT).is_file()
 
     def load_checkpoint(self, path: str | Path | None = None) -> dict[str, Any]:
-        path = Path(path) if path else self.path / CHECKPOINT
+        if path is None:
+            path = self.path / CHECKPOINT
+            if not path.is_file():
+                raise UserError(f"{str(self.path)!r} has no checkpoint ({CHECKPOINT}); train it first")
+        path = Path(path)
+        if not path.is_file() and (self.path / path).is_file():
+            path = self.path / path  # a snapshot named relative to the run, e.g. snapshots/iter_000300.pt
         if not path.is_file():
-            raise UserError(f"{str(self.path)!r} has no checkpoint ({path.name}); train it first")
+            raise UserError(f"checkpoint {str(path)!r} does not exist")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:

@@ -125,7 +125,14 @@ def test_resume_refuses_changes_to_the_experiment(tmp_path, capsys):
     one_line_error(capsys, ["train", "--resume", str(run), "--set", "adaptation.inner_lr=0.5"], "can change only")
     one_line_error(capsys, ["train", "--resume", str(run), "--set", "training.iterations=x"], "training.iterations")
     one_line_error(capsys, ["train", "--resume", str(run), "--data-root", str(tmp_path)], "classification runs")
+    one_line_error(capsys, ["train", "--resume", str(run), "--set", "training.iterations=0"], ">= 1")
     assert (run / "config.yaml").read_text() == before
+    longer = train(tmp_path, "longer", iterations=2)
+    capsys.readouterr()
+    one_line_error(capsys, ["train", "--resume", str(longer), "--set", "training.iterations=1"], "at iteration 2")
+    with pytest.raises(SystemExit) as e:  # a bad count on the command line is a usage error
+        main(["evaluate", str(run), "--tasks", "0"])
+    assert e.value.code == 2 and "--tasks: must be >= 1" in capsys.readouterr().err
 
 
 def _cli(*args, **kw):
@@ -188,6 +195,13 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", cfg, "--out", out, "--set", "adaptation.spec=freeze:x"], "freeze")
     one_line_error(capsys, ["train", cfg, "--out", out, "--set", "env.name=nowhere"], "nowhere")
     one_line_error(capsys, ["train", cfg, "--out", out, "--set", "env.settings={wind: 3}"], "wind")
+    # counts, sizes and seeds out of range fail before anything is written, not deep inside the run
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "training.iterations=0"], "iterations", ">= 1")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "logging.checkpoint_every=0"], "checkpoint_every")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "policy.hidden_sizes=[-3]"], "hidden_sizes")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--seed", "-1"], "'seed'", ">= 0")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--seed", str(2**70)], "'seed'", "2**32")
+    assert not Path(out).exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [1, 2\n")
     one_line_error(capsys, ["train", str(bad)], "not valid YAML")
@@ -207,8 +221,13 @@ def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", "--resume", str(run)], "corrupt")
     ckpt.write_bytes(b"not a checkpoint at all")
     one_line_error(capsys, ["evaluate", str(run)], "corrupt")
+    one_line_error(capsys, ["evaluate", str(run), "--checkpoint", str(tmp_path / "nope.pt")], "does not exist")
     ckpt.unlink()
     one_line_error(capsys, ["evaluate", str(run)], "no checkpoint")
+    # records without a checkpoint: resuming would start over and drop them, so it is refused
+    before = (run / "metrics.jsonl").read_text()
+    one_line_error(capsys, ["train", "--resume", str(run)], "no checkpoint.pt")
+    assert (run / "metrics.jsonl").read_text() == before
     # an existing run is never overwritten by a new one
     one_line_error(capsys, ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(run)], "already")
 
@@ -262,6 +281,9 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2] and r["reused"] == 0
+    # a snapshot may be named relative to its run
+    assert main(["evaluate", str(a), "--checkpoint", "snapshots/iter_000001.pt", "--tasks", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["iteration"] == 1
     # Training on or losing snapshot files keeps the trend: rows with the same settings are reused.
     for snap in sorted((a / "snapshots").glob("iter_*.pt"))[1:]:
         snap.unlink()

@@ -127,8 +127,11 @@ def line_chart(tables: dict[int, dict[str, dict[str, float]]], out: Path, title:
 
 
 def write_json(obj: Any, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    """Atomically: `analyze --checkpoints` reads its earlier output back, so a kill must not truncate it."""
+    from metarl.runs import atomic_write_bytes
+
+    text = json.dumps(obj, indent=2, default=_jsonable)
+    atomic_write_bytes(out, lambda f: f.write(text.encode()))
     return out
 
 
