@@ -8,6 +8,7 @@ typo cannot turn into a run with a different setting than the user wrote.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,10 @@ def _type_name(t: type) -> str:
     return {type(None): "null", dict: "mapping", list: "list"}.get(t, t.__name__)
 
 
+# PyYAML reads YAML 1.1, where an exponent without a dot ("1e-3") is a string, not a float.
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+
+
 def _check(value: Any, default: Any, key: str) -> Any:
     allowed = OPTIONAL.get(key)
     if allowed is None:
@@ -92,6 +97,8 @@ def _check(value: Any, default: Any, key: str) -> Any:
             allowed = (float, int)
         else:
             allowed = (type(default),)
+    if float in allowed and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join(_type_name(t) for t in allowed)
         raise UserError(f"config key {key!r} must be {names}, got {value!r} ({_type_name(type(value))})")
@@ -140,7 +147,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
         data = {}
@@ -183,16 +190,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None, seed: int 
     if seed is not None:
         raw["seed"] = seed
     kind = raw.get("kind", "rl")
-    if kind not in DEFAULTS:
-        _import_kind(kind)
+    _import_kind(kind)
     return merge(DEFAULTS[kind], raw)
 
 
-def _import_kind(kind: str) -> None:
+def _import_kind(kind: Any) -> None:
+    """Register the schema of `kind` (classification lives in its own package)."""
+    if not isinstance(kind, str) or kind not in CHOICES["kind"]:
+        raise UserError(f"config key 'kind' must be one of {sorted(CHOICES['kind'])}, got {kind!r}")
     if kind == "classification":
         import classification.config  # noqa: F401  (registers its defaults)
-    if kind not in DEFAULTS:
-        raise UserError(f"config key 'kind' must be one of {sorted(CHOICES['kind'])}, got {kind!r}")
 
 
 def evaluation_options(config: dict[str, Any], args: Any) -> tuple[str, int, int, int]:

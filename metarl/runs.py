@@ -107,8 +107,7 @@ class RunDir:
 
         raw = read_yaml(self.path / "config.yaml")
         kind = raw.get("kind", "rl")
-        if kind not in DEFAULTS:
-            _import_kind(kind)
+        _import_kind(kind)
         return merge(DEFAULTS[kind], raw)
 
     def save_checkpoint(self, state: dict[str, Any], snapshot: bool = False) -> None:

@@ -201,12 +201,24 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", cfg, "--out", out, "--set", "policy.hidden_sizes=[-3]"], "hidden_sizes")
     one_line_error(capsys, ["train", cfg, "--out", out, "--seed", "-1"], "'seed'", ">= 0")
     one_line_error(capsys, ["train", cfg, "--out", out, "--seed", str(2**70)], "'seed'", "2**32")
+    one_line_error(capsys, ["train", cfg, "--out", out, "--set", "kind=[1]"], "'kind'")
     assert not Path(out).exists()
+    assert (
+        main(
+            ["train", cfg, "--out", out, "--quiet", *sum([["--set", x] for x in TINY], [])]
+            + ["--set", "training.iterations=1", "--set", "training.max_kl=1e-3"]
+        )
+        == 0
+    )
+    assert yaml.safe_load((Path(out) / "config.yaml").read_text())["training"]["max_kl"] == 0.001
+    capsys.readouterr()
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [1, 2\n")
     one_line_error(capsys, ["train", str(bad)], "not valid YAML")
     bad.write_text("- just\n- a list\n")
     one_line_error(capsys, ["train", str(bad)], "mapping")
+    bad.write_bytes(b"training: \xff\xfe\n")
+    one_line_error(capsys, ["train", str(bad)], "not valid YAML")
 
 
 def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
