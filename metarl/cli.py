@@ -313,6 +313,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from metarl.plots import plot_runs
 
+    if Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"--out {args.out!r}: name the PNG file to write, e.g. curves.png")
     print(plot_runs(args.runs, args.out, args.window, args.title, args.ylim))
     return 0
 

@@ -271,6 +271,7 @@ def test_plot_writes_png(tmp_path):
     zoomed = tmp_path / "zoomed.png"
     assert main(["plot", str(run), "--out", str(zoomed), "--ylim", "-60", "0"]) == 0
     assert zoomed.read_bytes() != out.read_bytes()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves")]) == 2  # matplotlib would add .png unasked
 
 
 def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
