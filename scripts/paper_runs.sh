@@ -49,11 +49,13 @@ if [[ $what == halfcheetah || $what == all ]]; then
   train hc_dir_anil_s0_relu100 configs/rl/halfcheetah_dir_anil.yaml --seed 0 --set env.settings.nthread=1 \
     --set policy.hidden_sizes=[100,100] --set policy.activation=relu
   # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU),
-  # where MAML's published 293.2 can be checked; 320,000 transitions per iteration, ~26 s each here
+  # where MAML's published 293.2 can be checked; 320,000 transitions per iteration, 12-26 s each here
   for m in maml anil; do
     train hc_dir_${m}_rllab_s0 configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed 0 --set env.settings.nthread=1
   done
   scripts/tables.sh halfcheetah $RUNS
+  metarl plot $RUNS/hc_dir_anil_rllab_s0 --out results/figures/halfcheetah_dir_anil_rllab_curves.png \
+    --title "ANIL HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), seed 0"
   for env in dir vel; do
     metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
   done

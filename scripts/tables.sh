@@ -49,6 +49,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # ablation: Finn et al.'s 100x100 ReLU policy, seed 0 (its 300-iteration reading is compared
   # with the default's snapshot at 300: hc_dir_anil_s0_iter300 under trends)
   table hc_dir_anil_s0_relu100 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}"
+  # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU), seed 0
+  table hc_dir_anil_rllab_s0 metarl evaluate $R/hc_dir_anil_rllab_s0 "${E[@]}"
+  table hc_dir_anil_rllab_s0_3steps metarl evaluate $R/hc_dir_anil_rllab_s0 --tasks 40 --inner-steps 3
   # the four seed-0 ANIL-Direction curves as numbers (post-adaptation training return by 50 iterations)
   table hc_dir_anil_s0_curves py scripts/window_means.py $R/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100}
   # per task group: where head-only adaptation falls short
