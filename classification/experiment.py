@@ -167,6 +167,7 @@ class ClassificationExperiment:
         "post_accuracy": "accuracy/post_adaptation",
         "loss": "train/loss",
         "iteration_s": "perf/iteration_s",
+        "rss_mb": "perf/rss_mb",
     }
     progress = {"pre": "pre_accuracy", "post": "post_accuracy"}
 

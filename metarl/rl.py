@@ -67,6 +67,7 @@ class RLExperiment:
         "line_search_steps": "train/line_search_steps",
         "transitions_per_s": "perf/transitions_per_s",
         "iteration_s": "perf/iteration_s",
+        "rss_mb": "perf/rss_mb",
     }
     progress = {"pre": "pre_return", "post": "post_return"}
 

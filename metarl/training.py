@@ -8,6 +8,7 @@ checkpoints with RNG states, snapshots, progress bar).
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Protocol
 
@@ -29,6 +30,15 @@ class Experiment(Protocol):
     def state(self) -> dict[str, Any]: ...
 
     def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+def resident_mb() -> float:
+    """The process's resident memory now (Linux; nan elsewhere): a long run's memory is watched per iteration."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def train(
@@ -65,6 +75,7 @@ def train(
             t0 = time.perf_counter()
             metrics = exp.iteration(it)
             metrics["iteration_s"] = time.perf_counter() - t0
+            metrics["rss_mb"] = resident_mb()
             for key, tag in exp.tensorboard_tags.items():
                 if key in metrics and math.isfinite(metrics[key]):
                     writer.add_scalar(tag, metrics[key], it)

@@ -49,6 +49,7 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     for key in ("pre_return", "post_return", "kl", "surrogate_loss", "line_search_steps", "transitions_per_s"):
         assert all(key in r for r in rows)
     assert all(r["kl"] <= 0.01 for r in rows)
+    assert all(10 < r["rss_mb"] < 1e5 for r in rows)  # resident memory, watched per iteration
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tb"))
@@ -62,6 +63,7 @@ def test_train_writes_a_complete_run_directory(tmp_path):
         "train/line_search_steps",
         "perf/transitions_per_s",
         "perf/iteration_s",
+        "perf/rss_mb",
     } <= tags
     assert len(events.Scalars("return/post_adaptation")) == 3
 
