@@ -114,15 +114,17 @@ class RunDir:
         # The snapshot first: a kill between the two writes then redoes this iteration on
         # resume and rewrites the snapshot, instead of leaving a permanent gap in the trend.
         if snapshot:
-            name = f"iter_{state['iteration']:06d}.pt"
-            atomic_write_bytes(self.path / "snapshots" / name, lambda f: torch.save(state, f))
+            atomic_write_bytes(self.snapshot_path(state["iteration"]), lambda f: torch.save(state, f))
         atomic_write_bytes(self.path / CHECKPOINT, lambda f: torch.save(state, f))
 
     def has_records(self) -> bool:
         """Whether training got past its first checkpoint here (a resume must not start over)."""
         metrics = self.path / "metrics.jsonl"
-        later = [p for p in self.path.glob("snapshots/iter_*.pt") if p.name != "iter_000000.pt"]
+        later = set(self.snapshots()) - {self.snapshot_path(0)}
         return (metrics.is_file() and metrics.stat().st_size > 0) or bool(later)
+
+    def snapshot_path(self, iteration: int) -> Path:
+        return self.path / "snapshots" / f"iter_{iteration:06d}.pt"
 
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT).is_file()
