@@ -32,6 +32,7 @@ from classification.models import Conv4
 from metarl.adaptation import AdaptationSpec, Params, evaluation_step_sizes, inner_update, meta_parameters, step_sizes
 from metarl.config import evaluation_options
 from metarl.errors import UserError
+from metarl.runs import load_weights
 
 
 def load_splits(config: dict[str, Any], data_root: str | None = None) -> dict[str, ClassImages]:
@@ -241,9 +242,9 @@ class ClassificationExperiment:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        load_weights(self.model, state["model"])
+        load_weights(self.optimizer, state["optimizer"])
+        load_weights(self.sampler, state["sampler"])
 
 
 def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> ClassificationExperiment:
@@ -258,7 +259,7 @@ def trained_model(config: dict[str, Any], model_state: dict[str, Any], test: Cla
     if regime(config) == "multiclass":
         model_state = {k: v for k, v in model_state.items() if not k.startswith("head.")}
         model_state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
-    model.load_state_dict(model_state)
+    load_weights(model, model_state)
     model.eval()
     return model
 

@@ -80,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{str(run.path)!r} has training records but no {CHECKPOINT}; restore it or train elsewhere")
     if state is not None and state["iteration"] > config["training"]["iterations"]:
         raise UserError(f"{str(run.path)!r} is at iteration {state['iteration']}; training.iterations cannot be less")
+    if state is not None:  # before anything is written: a checkpoint that no longer fits config.yaml is refused
+        exp.load_state(state["model"])
     if not args.resume:
         run = RunDir.create(run.path, config)
     elif args.set:

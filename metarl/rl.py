@@ -16,6 +16,7 @@ from metarl.algorithms import MetaLearner, OuterConfig
 from metarl.config import evaluation_options
 from metarl.errors import UserError
 from metarl.policies import GaussianMLPPolicy
+from metarl.runs import load_weights
 from metarl.samplers import Episodes, sample
 
 
@@ -112,9 +113,9 @@ class RLExperiment:
         return {"policy": self.policy.state_dict(), "optimizer": opt.state_dict() if opt else None}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
+        load_weights(self.policy, state["policy"])
         if self.learner.optimizer is not None and state.get("optimizer"):
-            self.learner.optimizer.load_state_dict(state["optimizer"])
+            load_weights(self.learner.optimizer, state["optimizer"])
 
 
 def evaluate(
@@ -134,7 +135,7 @@ def evaluate(
     ev = config["evaluation"]
     engine = build_engine(config)
     policy = build_policy(config, engine)
-    policy.load_state_dict(policy_state)
+    load_weights(policy, policy_state)
     learner = build_learner(config, policy, spec=adapt)
     lrs = evaluation_step_sizes(config, inner_steps)
     rng = np.random.default_rng(seed)
@@ -184,7 +185,7 @@ def _policy_and_learner(config: dict[str, Any], policy_state: dict[str, Any], sp
     torch.set_num_threads(config["training"]["torch_threads"])
     engine = build_engine(config)
     policy = build_policy(config, engine)
-    policy.load_state_dict(policy_state)
+    load_weights(policy, policy_state)
     return engine, policy, build_learner(config, policy, spec=spec)
 
 

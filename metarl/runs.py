@@ -182,3 +182,17 @@ class RunDir:
             except json.JSONDecodeError:
                 continue
         return rows
+
+
+def load_weights(target: Any, state: dict[str, Any]) -> None:
+    """`target.load_state_dict(state)`, where a mismatch means config.yaml no longer describes
+    the network the checkpoint holds (an edited config): a one-line error, not torch's traceback."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if not ln.startswith("Error(s) in loading")), type(e).__name__)
+        raise UserError(
+            f"the checkpoint does not fit the {type(target).__name__} that config.yaml describes "
+            f"({detail.rstrip('.')}); was config.yaml edited after training?"
+        ) from None

@@ -57,13 +57,20 @@ def summarize(paths: list[str], evaluate_args: argparse.Namespace, kind_module) 
 
 
 def markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """One table for RL runs (returns) and one for classification runs (accuracy), as present."""
+    rl = {k: v for k, v in groups.items() if "returns" in v[0]}
+    cls = {k: v for k, v in groups.items() if "returns" not in v[0]}
+    return "\n\n".join(_table(g, returns=g is rl) for g in (rl, cls) if g)
+
+
+def _table(groups: dict[str, list[dict[str, Any]]], returns: bool) -> str:
     rows = []
     for name, results in groups.items():
         method, adapt = name.split(" | ")
         seeds = ",".join(str(r["seed"]) for r in results)
         minutes = _mean_std([r["train_seconds"] / 60 for r in results])
         iters = ",".join(sorted({str(r["iteration"]) for r in results}))
-        if "returns" in results[0]:
+        if returns:
             per_seed = [r["returns"][-1] for r in results]
             ci = statistics.mean(r["ci95"][-1] for r in results)
             cells = [_mean_std([r["returns"][0] for r in results]), _mean_std(per_seed)]
@@ -73,6 +80,6 @@ def markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
             cells = [_mean_std(per_seed)]
         each = ", ".join(f"{x:.1f}" for x in per_seed)
         rows.append("| " + " | ".join([method, adapt, seeds, iters, *cells, each, f"{ci:.1f}", minutes]) + " |")
-    score = ["before adaptation", "after adaptation"] if "returns" in next(iter(groups.values()))[0] else ["accuracy %"]
+    score = ["before adaptation", "after adaptation"] if returns else ["accuracy %"]
     cols = ["method", "adapt at test", "seeds", "iterations", *score, "per seed", "95% CI (per seed)", "train minutes"]
     return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *rows])

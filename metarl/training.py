@@ -49,11 +49,11 @@ def train(
     state: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Run `exp` until its last iteration, continuing from checkpoint `state` if given."""
+    """Run `exp` until its last iteration, continuing from checkpoint `state` if given
+    (whose model the caller has loaded into `exp`, so that a misfit is refused before any write)."""
     start = 0
     run.remove_stale_temp_files()
     if state is not None:
-        exp.load_state(state["model"])
         restore_rng_state(state["rng"], rng)
         start = state["iteration"]
     elif logging["snapshot_every"] > 0:

@@ -229,6 +229,14 @@ def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
     run = train(tmp_path, iterations=1)
     capsys.readouterr()
     ckpt = run / "checkpoint.pt"
+    # config.yaml edited after training: the network it describes no longer fits the checkpoint
+    config_text = (run / "config.yaml").read_text()
+    config = yaml.safe_load(config_text)
+    config["policy"]["hidden_sizes"] = [16]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    one_line_error(capsys, ["evaluate", str(run)], "does not fit the GaussianMLPPolicy")
+    one_line_error(capsys, ["train", "--resume", str(run), "--set", "training.iterations=2"], "does not fit")
+    (run / "config.yaml").write_text(config_text)
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[: len(data) // 2])
     one_line_error(capsys, ["evaluate", str(run)], "corrupt")
@@ -327,6 +335,22 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     assert "| navigation2d ANIL | head | 0,1 | 1 |" in table and "±" in table
     posts = ", ".join(f"{r['returns'][-1]:.1f}" for r in groups["navigation2d ANIL | head"])
     assert f"| {posts} |" in table  # each seed's own after-adaptation return
+
+
+def test_summarize_mixed_kinds_gives_one_table_each():
+    from metarl.summary import markdown
+
+    common = {"seed": 0, "iteration": 5, "train_seconds": 60.0}
+    rl = {**common, "returns": [-10.0, 20.0], "ci95": [1.0, 2.0]}
+    cls = {**common, "accuracy": 0.9, "ci95": 0.01}
+    groups = {"navigation2d MAML | full": [rl], "omniglot 5w1s MAML | full": [cls]}
+    rl_table, cls_table = markdown(groups).split("\n\n")
+    assert "after adaptation" in rl_table.splitlines()[0]
+    assert "| navigation2d MAML | full | 0 | 5 | -10.0 | 20.0 |" in rl_table
+    assert "accuracy %" in cls_table.splitlines()[0] and "| omniglot 5w1s MAML | full | 0 | 5 | 90.0 |" in cls_table
+    for table in (rl_table, cls_table):  # every row has its header's number of cells
+        widths = {line.count("|") for line in table.splitlines()}
+        assert len(widths) == 1, table
 
 
 def test_summarize_several_specs_side_by_side(tmp_path, capsys):
