@@ -340,10 +340,16 @@ def _adapt_by_hand(mlp: AnalyticMLP, inner: _InnerLoss, params: Params, adapted:
 
 
 class _TaskBlock:
-    """The analytic outer quantities of one chunk of tasks (see `_AnalyticOuter`)."""
+    """The analytic outer quantities of one chunk of tasks (see `_AnalyticOuter`).
+
+    It copies what it needs from `outer` rather than keeping `outer` itself: a block <-> outer
+    reference cycle made every meta-iteration's traces (hundreds of MB) wait for Python's
+    full garbage collection, which a long run reaches rarely; two rllab runs were OOM-killed.
+    """
 
     def __init__(self, outer: _AnalyticOuter, inner: _InnerLoss, obs: Tensor) -> None:
-        self.outer, self.inner, self.obs = outer, inner, obs
+        self.mlp, self.theta, self.adapted, self.first_order = outer.mlp, outer.theta, outer.adapted, outer.first_order
+        self.inner, self.obs = inner, obs
         self.points, phi = [], outer.theta
         for lr in outer.lrs if outer.adapted else []:
             pt = inner.step(outer.mlp, phi, outer.adapted, not outer.first_order)
@@ -353,19 +359,18 @@ class _TaskBlock:
 
     def hvp(self, pt: _InnerPoint, t: Params, wanted: dict[str, bool]) -> Params:
         """Inner-loss Hessian at `pt` times `t`: forward-over-reverse on the cached trace."""
-        mlp = self.outer.mlp
+        mlp = self.mlp
         dacts, dmean, dls = mlp.jvp(pt.params, pt.trace, t)
         dg_mean, dg_ls = self.inner.tangent(pt, dmean, dls)
         return mlp.vjp_tangent(pt.params, pt.trace, pt.deltas, pt.curv, t, dacts, dg_mean, dg_ls, wanted)
 
     def adjoint(self, g_mean: Tensor, g_ls: Tensor | None) -> Params:
         """J^T (g_mean, g_ls): cotangents of the post-adaptation outputs -> theta-gradient, summed."""
-        o = self.outer
-        names, adapted = list(o.theta), set(o.adapted)
-        u, _, _ = o.mlp.vjp(self.phi, self.post_trace, g_mean, g_ls, {n: n in adapted for n in names})
+        names, adapted = list(self.theta), set(self.adapted)
+        u, _, _ = self.mlp.vjp(self.phi, self.post_trace, g_mean, g_ls, {n: n in adapted for n in names})
         total = {n: u[n] for n in names if n not in adapted}
-        ua = {n: u[n] for n in o.adapted}
-        for k in reversed(range(0 if o.first_order else len(self.points))):
+        ua = {n: u[n] for n in self.adapted}
+        for k in reversed(range(0 if self.first_order else len(self.points))):
             lr, pt = self.points[k]
             # at phi_0 = theta every task shares the parameters: sum over tasks inside the pass
             h = self.hvp(pt, ua, {n: n in adapted and k > 0 for n in names})
@@ -381,11 +386,10 @@ class _TaskBlock:
 
     def tangent(self, v: Params) -> tuple[Tensor | None, Tensor | None]:
         """J v: tangents of the post-adaptation mean and clamped log-std along v."""
-        o = self.outer
-        for lr, pt in [] if o.first_order else self.points:
-            h = self.hvp(pt, v, dict.fromkeys(o.adapted, True))
-            v = {**v, **{n: v[n] - lr * h[n] for n in o.adapted}}
-        _, dmean, dls = o.mlp.jvp(self.phi, self.post_trace, v)
+        for lr, pt in [] if self.first_order else self.points:
+            h = self.hvp(pt, v, dict.fromkeys(self.adapted, True))
+            v = {**v, **{n: v[n] - lr * h[n] for n in self.adapted}}
+        _, dmean, dls = self.mlp.jvp(self.phi, self.post_trace, v)
         return dmean, dls
 
 
