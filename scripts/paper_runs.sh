@@ -54,10 +54,10 @@ if [[ $what == halfcheetah || $what == all ]]; then
     train hc_dir_${m}_rllab_s0 configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed 0 --set env.settings.nthread=1
   done
   scripts/tables.sh halfcheetah $RUNS
-  metarl plot $RUNS/hc_dir_anil_rllab_s0 --out results/figures/halfcheetah_dir_anil_rllab_curves.png \
-    --title "ANIL HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), seed 0"
-  for env in dir vel; do
-    metarl analyze $RUNS/hc_${env}_maml_s0 --tasks 8 --out results/analysis/hc_${env}_maml_s0
+  metarl plot $RUNS/hc_dir_{anil,maml}_rllab_s0 --out results/figures/halfcheetah_dir_rllab_curves.png \
+    --title "HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), seed 0"
+  for run in hc_dir_maml_s0 hc_vel_maml_s0 hc_dir_maml_rllab_s0; do
+    metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
   done
   metarl plot $RUNS/hc_dir_anil_s{0,1,2} $RUNS/hc_dir_maml_s{0,1,2} --out results/figures/halfcheetah_dir_curves.png \
     --title "HalfCheetah-Direction, seeds 0-2"
