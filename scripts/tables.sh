@@ -49,14 +49,18 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # ablation: Finn et al.'s 100x100 ReLU policy, seed 0 (its 300-iteration reading is compared
   # with the default's snapshot at 300: hc_dir_anil_s0_iter300 under trends)
   table hc_dir_anil_s0_relu100 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}"
-  # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU), seed 0
+  # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
+  # ANIL seeds 0 and 1, MAML seed 0 (seed 2 of ANIL is unfinished in results/runs, hence [01])
+  table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s[01] $R/hc_dir_maml_rllab_s0 "${E[@]}"
   table hc_dir_anil_rllab_s0 metarl evaluate $R/hc_dir_anil_rllab_s0 "${E[@]}"
   table hc_dir_anil_rllab_s0_3steps metarl evaluate $R/hc_dir_anil_rllab_s0 --tasks 40 --inner-steps 3
+  table hc_dir_anil_rllab_s1_3steps metarl evaluate $R/hc_dir_anil_rllab_s1 --tasks 40 --inner-steps 3
   table hc_dir_maml_rllab_s0 metarl summarize $R/hc_dir_maml_rllab_s0 "${E[@]}" --adapt full --adapt head
+  table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s0 $R/hc_dir_anil_rllab_s1 $R/hc_dir_maml_rllab_s0
   # the four seed-0 ANIL-Direction curves as numbers (post-adaptation training return by 50 iterations)
   table hc_dir_anil_s0_curves py scripts/window_means.py $R/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100}
   # per task group: where head-only adaptation falls short
-  for run in $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05 $R/hc_dir_{anil,maml}_rllab_s0; do
+  for run in $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05 $R/hc_dir_{anil,maml}_rllab_s0 $R/hc_dir_anil_rllab_s1; do
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
     for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
   done
