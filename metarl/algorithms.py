@@ -351,11 +351,11 @@ class _TaskBlock:
         self.mlp, self.theta, self.adapted, self.first_order = outer.mlp, outer.theta, outer.adapted, outer.first_order
         self.inner, self.obs = inner, obs
         self.points, phi = [], outer.theta
-        for lr in outer.lrs if outer.adapted else []:
-            pt = inner.step(outer.mlp, phi, outer.adapted, not outer.first_order)
+        for lr in outer.lrs if self.adapted else []:
+            pt = inner.step(self.mlp, phi, self.adapted, not self.first_order)
             self.points.append((lr, pt))
-            phi = {**phi, **{n: phi[n] - lr * pt.grads[n] for n in outer.adapted}}
-        self.phi, self.post_trace = phi, outer.mlp.trace(phi, obs)
+            phi = {**phi, **{n: phi[n] - lr * pt.grads[n] for n in self.adapted}}
+        self.phi, self.post_trace = phi, self.mlp.trace(phi, obs)
 
     def hvp(self, pt: _InnerPoint, t: Params, wanted: dict[str, bool]) -> Params:
         """Inner-loss Hessian at `pt` times `t`: forward-over-reverse on the cached trace."""

@@ -54,7 +54,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
     train hc_dir_${m}_rllab_s0 configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed 0 --set env.settings.nthread=1
   done
   for s in 1 2; do
-    train hc_dir_anil_rllab_s$s configs/rl/halfcheetah_dir_anil_rllab.yaml --seed $s --set env.settings.nthread=1
+    for m in anil maml; do
+      train hc_dir_${m}_rllab_s$s configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed $s --set env.settings.nthread=1
+    done
   done
   scripts/tables.sh halfcheetah $RUNS
   metarl plot $RUNS/hc_dir_{anil,maml}_rllab_s0 --out results/figures/halfcheetah_dir_rllab_curves.png \
