@@ -52,7 +52,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
   # ANIL seeds 0 and 1, MAML seed 0 (seed 2 of ANIL is unfinished in results/runs, hence [01])
   table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s[01] $R/hc_dir_maml_rllab_s0 "${E[@]}"
-  table hc_dir_anil_rllab_s0 metarl evaluate $R/hc_dir_anil_rllab_s0 "${E[@]}"
+  # each seed's steps 0-3 (step 1 repeats hc_dir_rllab's one-step reading)
   table hc_dir_anil_rllab_s0_3steps metarl evaluate $R/hc_dir_anil_rllab_s0 --tasks 40 --inner-steps 3
   table hc_dir_anil_rllab_s1_3steps metarl evaluate $R/hc_dir_anil_rllab_s1 --tasks 40 --inner-steps 3
   table hc_dir_maml_rllab_s0 metarl summarize $R/hc_dir_maml_rllab_s0 "${E[@]}" --adapt full --adapt head
