@@ -60,7 +60,7 @@ def markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
     """One table for RL runs (returns) and one for classification runs (accuracy), as present."""
     rl = {k: v for k, v in groups.items() if "returns" in v[0]}
     cls = {k: v for k, v in groups.items() if "returns" not in v[0]}
-    return "\n\n".join(_table(g, returns=g is rl) for g in (rl, cls) if g)
+    return "\n\n".join(_table(g, returns) for g, returns in ((rl, True), (cls, False)) if g)
 
 
 def _table(groups: dict[str, list[dict[str, Any]]], returns: bool) -> str:
