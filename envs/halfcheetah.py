@@ -23,6 +23,9 @@ Finn et al.'s rllab variant is reachable by settings: `frame_skip=1` (dt 0.01), 
 centre of mass (rllab's `get_body_comvel("torso")`, the torso's subtree) at the state after the
 step; as rllab, it recomputes the kinematics there, so the torso position in the observation is
 current rather than one substep behind. The model stays gymnasium's, and so do the reset noise.
+One known difference: rllab's observation ends with `get_body_com("torso")`, which there is
+the torso subtree's centre of mass (`com_subtree`); ours keeps the torso body's position in
+every variant (gym's `get_body_com`), so that the rllab runs' policies see 3 other entries.
 
 The single envs (`HalfCheetahDirEnv`, `HalfCheetahVelEnv`) define the semantics; the batched
 engines (`HalfCheetahDirBatch`, `HalfCheetahVelBatch`) step every simulation of a meta-batch
