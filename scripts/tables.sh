@@ -4,7 +4,8 @@
 # RUNS defaults to the committed checkpoints in results/runs/. `trends` evaluates training
 # snapshots, which results/runs/ leaves out for size: give it the run directories that
 # scripts/paper_runs.sh trains (`scripts/tables.sh trends runs`).
-# Usage: scripts/tables.sh [nav|halfcheetah|omniglot|trends|all] [RUNS]
+# Usage: scripts/tables.sh [nav|halfcheetah|rllab|omniglot|trends|all] [RUNS]
+# (rllab: only the HalfCheetah tables of Finn et al.'s rllab setting, which halfcheetah includes)
 # (METARL_DATA: the folder holding omniglot/, default ../shared/data)
 set -euo pipefail
 what=${1:-all}
@@ -26,6 +27,12 @@ metarl() { .venv/bin/metarl "$@"; }
 py() { .venv/bin/python "$@"; }
 by_task() {  # by_task RUN ADAPT: per-task-group returns of one evaluation
   metarl evaluate "$1" "${E[@]}" --adapt "$2" --json | py scripts/by_task.py
+}
+by_task_tables() {  # by_task_tables RUN...: by_task with each run's own adaptation, MAML's with head-only too
+  for run in "$@"; do
+    specs=(head) && [[ $run == *maml* ]] && specs=(full head)
+    for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
+  done
 }
 
 if [[ $what == nav || $what == all ]]; then
@@ -49,21 +56,23 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # ablation: Finn et al.'s 100x100 ReLU policy, seed 0 (its 300-iteration reading is compared
   # with the default's snapshot at 300: hc_dir_anil_s0_iter300 under trends)
   table hc_dir_anil_s0_relu100 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}"
-  # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
-  # ANIL seeds 0 and 1, MAML seed 0 (seed 2 of ANIL is unfinished in results/runs, hence [01])
-  table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s[01] $R/hc_dir_maml_rllab_s0 "${E[@]}"
-  # each seed's steps 0-3 (step 1 repeats hc_dir_rllab's one-step reading)
-  table hc_dir_anil_rllab_s0_3steps metarl evaluate $R/hc_dir_anil_rllab_s0 --tasks 40 --inner-steps 3
-  table hc_dir_anil_rllab_s1_3steps metarl evaluate $R/hc_dir_anil_rllab_s1 --tasks 40 --inner-steps 3
-  table hc_dir_maml_rllab_s0 metarl summarize $R/hc_dir_maml_rllab_s0 "${E[@]}" --adapt full --adapt head
-  table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s0 $R/hc_dir_anil_rllab_s1 $R/hc_dir_maml_rllab_s0
   # the four seed-0 ANIL-Direction curves as numbers (post-adaptation training return by 50 iterations)
   table hc_dir_anil_s0_curves py scripts/window_means.py $R/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100}
   # per task group: where head-only adaptation falls short
-  for run in $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05 $R/hc_dir_{anil,maml}_rllab_s0 $R/hc_dir_anil_rllab_s1; do
-    specs=(head) && [[ $run == *maml* ]] && specs=(full head)
-    for a in "${specs[@]}"; do table "by_task_$(basename $run)_$a" by_task $run $a; done
+  by_task_tables $R/hc_{dir,vel}_{anil,maml}_s? $R/hc_dir_anil_s0_lr05
+fi
+
+if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
+  # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
+  # ANIL seeds 0-2, MAML seeds 0-1
+  table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s? $R/hc_dir_maml_rllab_s? "${E[@]}"
+  # each ANIL seed's steps 0-3 (step 1 repeats hc_dir_rllab's one-step reading)
+  for run in $R/hc_dir_anil_rllab_s?; do
+    table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
   done
+  table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
+  table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
+  by_task_tables $R/hc_dir_{anil,maml}_rllab_s?
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
