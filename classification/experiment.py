@@ -211,13 +211,16 @@ class ClassificationExperiment:
         if self.regime == "multiclass":
             t = self.config["task"]
             x, y = self.sampler.sample_labelled(self.meta_batch_size * t["ways"] * (t["shots"] + self.sampler.queries))
-            logits = self.model(x)
+            with self.model.tracking_stats():  # model.batch_norm=running: the averages evaluation uses
+                logits = self.model(x)
             loss = F.cross_entropy(logits, y)
             metrics = {"post_accuracy": accuracy(logits.detach(), y).item()}
         elif self.regime == "nil":
             task = self.sampler.sample_batch(self.meta_batch_size)
             # per-task batch statistics, support and query apart, as the NIL evaluation runs
-            support, query = self.model(task.support_x, "body"), self.model(task.query_x, "body")
+            support = self.model(task.support_x, "body")
+            with self.model.tracking_stats():  # from the query pass, as the meta regimes
+                query = self.model(task.query_x, "body")
             probs = nil_logits(support, task.support_y, query, self.config["task"]["ways"])
             loss = F.nll_loss(probs.clamp_min(1e-12).log().flatten(0, 1), task.query_y.flatten())
             metrics = {"post_accuracy": accuracy(probs.detach(), task.query_y).mean().item()}

@@ -224,6 +224,18 @@ def evaluate_json(run: Path, capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("regime", ["maml", "anil", "multiclass", "multitask", "niltrain"])
+def test_every_regime_updates_running_batch_norm_statistics(tmp_path, regime):
+    """With model.batch_norm=running, evaluation normalises with the averages training kept:
+    every training regime must update them, or they stay at mean 0, variance 1."""
+    root = make_omniglot(tmp_path / "data")
+    assert train(f"omniglot_5w1s_{regime}.yaml", tmp_path / "run", root, "model.batch_norm=running") == 0
+    model = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]["model"]
+    for layer in range(1, 5):
+        assert model[f"norm{layer}.running_mean"].abs().max() > 0
+        assert not torch.allclose(model[f"norm{layer}.running_var"], torch.ones(1))
+
+
 @pytest.mark.parametrize("config", ["omniglot_5w1s_maml.yaml", "omniglot_20w1s_anil.yaml"])
 def test_train_and_evaluate_omniglot(tmp_path, capsys, config):
     root = make_omniglot(tmp_path / "data")
