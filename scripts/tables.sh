@@ -66,8 +66,8 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
   # ANIL seeds 0-2, MAML seeds 0-1
   table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s? $R/hc_dir_maml_rllab_s? "${E[@]}"
-  # each ANIL seed's steps 0-3 (step 1 repeats hc_dir_rllab's one-step reading)
-  for run in $R/hc_dir_anil_rllab_s?; do
+  # each seed's steps 0-3 and 95% intervals (step 1 repeats hc_dir_rllab's one-step reading)
+  for run in $R/hc_dir_{anil,maml}_rllab_s?; do
     table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
   done
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
