@@ -274,6 +274,12 @@ def evaluation_learner(config: dict[str, Any], model: Conv4, spec: str, lrs: lis
     )
 
 
+EVAL_DRAW = 32
+"""Test tasks are drawn in blocks of this many, whatever `training.meta_batch_size` says, so that runs
+differing only in it (an ablation, or two configs with their own batch sizes) are read out on the same
+test tasks for a seed. 32 is the Omniglot 5-way meta-batch, whose earlier readings this keeps."""
+
+
 def evaluate(
     config: dict[str, Any],
     model_state: dict[str, Any],
@@ -305,15 +311,17 @@ def evaluate(
     learner = None if adapt == "nil" else evaluation_learner(config, model, adapt, lrs)
     per_task = []
     chunk = max(config["training"]["meta_batch_size"], 1)
-    for start in range(0, tasks, chunk):
-        task = sampler.sample_batch(min(chunk, tasks - start))
-        with torch.no_grad():
-            if learner is None:
-                s, q = model(task.support_x, "body"), model(task.query_x, "body")
-                logits = nil_logits(s, task.support_y, q, t["ways"])
-            else:
-                logits, _ = learner.query_logits(params, task)
-        per_task.append(accuracy(logits, task.query_y))
+    for start in range(0, tasks, EVAL_DRAW):
+        drawn = sampler.sample_batch(min(EVAL_DRAW, tasks - start))
+        for first in range(0, len(drawn.support_y), chunk):  # compute in meta-batch-sized pieces (memory)
+            task = Task(*(field[first : first + chunk] for field in drawn))
+            with torch.no_grad():
+                if learner is None:
+                    s, q = model(task.support_x, "body"), model(task.query_x, "body")
+                    logits = nil_logits(s, task.support_y, q, t["ways"])
+                else:
+                    logits, _ = learner.query_logits(params, task)
+            per_task.append(accuracy(logits, task.query_y))
     acc = torch.cat(per_task)
     ci = 1.96 * acc.std().item() / math.sqrt(tasks) if tasks > 1 else 0.0
     return {

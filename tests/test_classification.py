@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from classification import bench
 from classification.data import ClassImages, Task, TaskSampler
@@ -247,6 +249,20 @@ def test_train_and_evaluate_omniglot(tmp_path, capsys, config):
         result = evaluate_json(tmp_path / "run", capsys, "--adapt", adapt, "--seed", "3")
         assert result["adapt"] == adapt and result["tasks"] == 4
         assert 0 <= result["accuracy"] <= 1 and result["ci95"] >= 0
+
+
+def test_evaluation_tasks_do_not_depend_on_the_meta_batch_size(tmp_path, capsys):
+    """Runs that differ only in their meta-batch size are read out on the same test tasks for a seed:
+    only the compute chunks follow the meta-batch size."""
+    root = make_omniglot(tmp_path / "data")
+    assert train("omniglot_5w1s_maml.yaml", tmp_path / "a", root) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    config = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    config["training"]["meta_batch_size"] = 3
+    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(config))
+    for adapt in ("full", "nil"):
+        a, b = (evaluate_json(tmp_path / r, capsys, "--adapt", adapt, "--tasks", "70") for r in "ab")
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9) and a["ci95"] == pytest.approx(b["ci95"])
 
 
 def test_train_and_evaluate_miniimagenet(tmp_path, capsys):
