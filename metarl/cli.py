@@ -167,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=SEED, default=2000, help="seed of the analysis tasks")
     a.add_argument("--adapt", help="adaptation spec for the inner loop (default: the run's own)")
     a.add_argument("--checkpoints", action="store_true", help="repeat over the run's saved snapshots")
-    a.add_argument(
-        "--inner-steps", type=int, help="classification: test-time inner steps (default: evaluation.inner_steps)"
-    )
+    a.add_argument("--inner-steps", type=int, help="test-time inner steps (default: evaluation.inner_steps)")
     a.add_argument("--conv", choices=["positions", "mean"], default="positions", help="conv maps as datapoints")
     a.add_argument("--data-root", help="classification data root")
     a.add_argument("--out", help="directory for the JSON and PNG (default RUN/analysis)")
@@ -217,8 +215,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             c.setdefault("data", {})["root"] = args.data_root
     classification = configs[0]["kind"] == "classification"
     if args.inner_steps is not None:
-        if not classification or args.inner_steps < 1:
-            raise UserError("--inner-steps takes a classification run and a count >= 1 (RL adapts once, as trained)")
+        if args.inner_steps < 1:
+            raise UserError("--inner-steps takes a count >= 1: the analysis compares before and after adaptation")
         for c in configs:
             c["evaluation"]["inner_steps"] = args.inner_steps
     mod = _kind_module(configs[0]["kind"])
@@ -226,7 +224,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     state = runs[0].load_checkpoint()
     probe = mod.analysis_probe(configs[0], state, args.tasks, args.seed)
     name = runs[0].path.name
-    steps = {"inner_steps": configs[0]["evaluation"]["inner_steps"]} if classification else {}
+    steps = {"inner_steps": configs[0]["evaluation"]["inner_steps"]}
     if len(runs) == 2:
         if configs[1]["kind"] != configs[0]["kind"]:
             raise UserError("the two runs must be of the same kind (both RL or both classification)")
@@ -251,8 +249,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         table = report.compare(*mod.capture(configs[0], state, probe, args.adapt), args.conv)
         result = {"run": args.runs[0], "iteration": state["iteration"], "layers": table, "tasks": args.tasks, **steps}
-        title = f"{name} (iteration {state['iteration']}): before vs after adaptation"
-        title += f", {steps['inner_steps']} inner steps" if steps else ""
+        if not classification:  # mean return of the probe's episodes before and after each step: did it adapt?
+            result["returns"] = probe["returns"]
+        title = f"{name} (iteration {state['iteration']}): before vs after {steps['inner_steps']} inner step(s)"
         result["png"] = str(report.bar_chart(table, out / "adaptation_similarity.png", title))
         result["json"] = str(report.write_json(result, out / "adaptation_similarity.json"))
     if args.json:
@@ -292,6 +291,9 @@ def format_analysis(result: dict[str, Any]) -> str:
             f"  {layer:<10} " + " ".join(f"{row[m]:6.3f}" for m in LABELS) + f" {row['relative_change']:7.3f}"
             for layer, row in table.items()
         ]
+    if "returns" in result:
+        returns = ", ".join(f"{r:.1f}" for r in result["returns"])
+        lines.append(f"  mean return before adaptation and after each step: {returns}")
     if "body" in result:
         lines.append("  body average: " + "  ".join(f"{LABELS[m]} {v:.3f}" for m, v in result["body"].items()))
     lines.append(

@@ -118,6 +118,11 @@ class RLExperiment:
             load_weights(self.learner.optimizer, state["optimizer"])
 
 
+def finetune_step(learner: MetaLearner, params: Params, ep: Episodes, lr: float, k: int) -> Params:
+    """Test-time inner step `k` (from 0) on `ep`, first order, as Finn et al. fine-tune at test time."""
+    return learner.adapt(params, ep, learner.advantages(ep), first_order=True, lrs=[lr], batched=k > 0)
+
+
 def evaluate(
     config: dict[str, Any],
     policy_state: dict[str, Any],
@@ -146,7 +151,7 @@ def evaluate(
         ep = sample(engine, policy, detached(params), task_list, ev["trajectories_per_task"], rng)
         per_task_returns.append(ep.returns().mean(1).double())
         if k < inner_steps:
-            params = learner.adapt(params, ep, learner.advantages(ep), first_order=True, lrs=[lrs[k]], batched=k > 0)
+            params = finetune_step(learner, params, ep, lrs[k], k)
     means = [r.mean().item() for r in per_task_returns]
     ci = [1.96 * r.std(unbiased=True).item() / math.sqrt(tasks) if tasks > 1 else 0.0 for r in per_task_returns]
     return {
@@ -190,27 +195,44 @@ def _policy_and_learner(config: dict[str, Any], policy_state: dict[str, Any], sp
 
 
 def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, seed: int, max_states: int = 1000):
-    """Tasks, support episodes (pre-adaptation policy) and query states (after adaptation)."""
+    """Tasks, the support episodes of each test-time inner step, and query states after the last.
+
+    The inner steps are `evaluation.inner_steps` and draw their episodes as `evaluate` does (step k
+    samples with the policy after k steps), so for the same seed the returns equal its readings.
+    """
+    steps = config["evaluation"]["inner_steps"]
+    if steps < 1:
+        raise UserError("analysis compares a policy before and after adaptation: it needs inner_steps >= 1")
     engine, policy, learner = _policy_and_learner(config, state["model"]["policy"])
     rng = np.random.default_rng(seed)
     task_list = engine.sample_tasks(tasks, rng)
     per_task = config["evaluation"]["trajectories_per_task"]
-    params = meta_parameters(policy)
-    support = sample(engine, policy, params, task_list, per_task, rng)
-    adapted = learner.adapt(params, support, learner.advantages(support), first_order=True)
-    query = sample(engine, policy, detached(adapted), task_list, per_task, rng)
+    params, support, returns = meta_parameters(policy), [], []
+    for k, lr in enumerate(evaluation_step_sizes(config, steps)):
+        support.append(sample(engine, policy, detached(params), task_list, per_task, rng))
+        returns.append(support[-1].returns().mean(1).mean().item())
+        params = finetune_step(learner, params, support[-1], lr, k)
+    query = sample(engine, policy, detached(params), task_list, per_task, rng)
+    returns.append(query.returns().mean(1).mean().item())
     obs, mask = query.flat("obs"), query.flat("mask").bool()
     states = [obs[t][mask[t]][:max_states] for t in range(len(task_list))]
-    return {"support": support, "states": states}
+    return {"support": support, "states": states, "returns": returns}
 
 
 def capture(config: dict[str, Any], state: dict[str, Any], probe, spec: str | None = None):
-    """Every layer's output on the probe's states, before and after adapting on its support episodes."""
+    """Every layer's output on the probe's states, before and after the inner steps on its support episodes.
+
+    Another checkpoint or `spec` takes its steps on the same episodes (those of the probe's own
+    policy), so that every model is compared on the same data.
+    """
     _, policy, learner = _policy_and_learner(config, state["model"]["policy"], spec)
     params = meta_parameters(policy)
-    support = probe["support"]
+    lrs = evaluation_step_sizes(config, len(probe["support"]))
     with torch.no_grad():
-        adapted = detached(learner.adapt(params, support, learner.advantages(support), first_order=True))
+        adapted = params
+        for k, ep in enumerate(probe["support"]):
+            adapted = finetune_step(learner, adapted, ep, lrs[k], k)
+        adapted = detached(adapted)
         pre: dict[str, list] = {}
         post: dict[str, list] = {}
         for t, states in enumerate(probe["states"]):

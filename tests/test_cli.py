@@ -295,6 +295,8 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert list(r["layers"]) == ["layer1", "head"]
     assert all(0.0 <= row["cca"] <= 1.0 + 1e-9 and 0.0 <= row["cka"] <= 1.0 + 1e-9 for row in r["layers"].values())
     assert Path(r["png"]).read_bytes()[:4] == b"\x89PNG" and Path(r["json"]).exists()
+    assert r["inner_steps"] == 1 and len(r["returns"]) == 2
+    one = r
     assert main(["analyze", str(a), "--tasks", "2", "--adapt", "head", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["layers"]["layer1"]["cca"] == pytest.approx(1.0) and r["layers"]["layer1"]["relative_change"] == 0.0
@@ -319,8 +321,16 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     Path(r["json"]).write_text("{ truncated")
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2"]) == 2
     assert "is not an over-training analysis" in capsys.readouterr().err
-    assert main(["analyze", str(a), "--inner-steps", "3"]) == 2  # RL adapts once, as trained
-    assert "--inner-steps takes a classification run" in capsys.readouterr().err
+    # Finn et al.'s test-time fine-tuning: each step samples with the policy adapted so far, as evaluate does,
+    # so the analysed policies are the ones whose returns evaluate reports for the same tasks
+    assert main(["analyze", str(a), "--tasks", "2", "--inner-steps", "2", "--seed", "7", "--json"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert two["inner_steps"] == 2 and len(two["returns"]) == 3
+    assert main(["evaluate", str(a), "--tasks", "2", "--inner-steps", "2", "--seed", "7", "--json"]) == 0
+    assert two["returns"] == pytest.approx(json.loads(capsys.readouterr().out)["returns"], rel=1e-6)
+    assert two["layers"]["head"]["relative_change"] != one["layers"]["head"]["relative_change"]
+    assert main(["analyze", str(a), "--inner-steps", "0"]) == 2
+    assert "--inner-steps takes a count >= 1" in capsys.readouterr().err
 
 
 def test_summarize_groups_seeds(tmp_path, capsys):
