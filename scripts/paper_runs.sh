@@ -21,6 +21,7 @@ if [[ $what == nav || $what == all ]]; then
     for m in anil maml; do train nav_${m}_s$seed configs/rl/navigation2d_$m.yaml --seed $seed; done
   done
   metarl analyze $RUNS/nav_maml_s0 --tasks 40 --out results/analysis/nav_maml_s0
+  metarl analyze $RUNS/nav_maml_s0 --tasks 40 --inner-steps 3 --out results/analysis/nav_maml_s0_3steps
   # ablations under the default action semantics (raw output clipped to +-0.1), where ANIL drifts
   for seed in 0 1 2; do
     for m in anil maml; do
@@ -63,6 +64,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), every seed"
   for run in hc_dir_maml_s0 hc_vel_maml_s0 hc_dir_maml_rllab_s0 hc_dir_maml_rllab_s1; do
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
+    metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
   done
   metarl plot $RUNS/hc_dir_anil_s{0,1,2} $RUNS/hc_dir_maml_s{0,1,2} --out results/figures/halfcheetah_dir_curves.png \
     --title "HalfCheetah-Direction, seeds 0-2"
