@@ -101,6 +101,8 @@ if [[ $what == omniglot || $what == all ]]; then
     --set training.iterations=30000 --set logging.snapshot_every=500
   train cls_omni5_maml_s0_45000 $C/omniglot_5w1s_maml.yaml --seed 0 "${O[@]}" \
     --set training.iterations=45000 --set logging.snapshot_every=500
+  train cls_omni5_maml_s0_60000 $C/omniglot_5w1s_maml.yaml --seed 0 "${O[@]}" \
+    --set training.iterations=60000 --set logging.snapshot_every=500
   for s in 1 2; do
     train cls_omni5_anil_s$s $C/omniglot_5w1s_anil.yaml --seed $s "${O[@]}" \
       --set training.iterations=1000 --set logging.snapshot_every=250
@@ -128,6 +130,8 @@ if [[ $what == omniglot || $what == all ]]; then
   metarl analyze $RUNS/cls_omni5_maml_s0_30000 "${O[@]}" --tasks 8 --out results/analysis/omni5_maml_s0_30000
   metarl analyze $RUNS/cls_omni5_maml_s0_45000 "${O[@]}" --tasks 8 --checkpoints --out results/analysis/omni5_maml_s0_45000
   metarl analyze $RUNS/cls_omni5_maml_s0_45000 "${O[@]}" --tasks 8 --out results/analysis/omni5_maml_s0_45000
+  metarl analyze $RUNS/cls_omni5_maml_s0_60000 "${O[@]}" --tasks 8 --checkpoints --out results/analysis/omni5_maml_s0_60000
+  metarl analyze $RUNS/cls_omni5_maml_s0_60000 "${O[@]}" --tasks 8 --out results/analysis/omni5_maml_s0_60000
   metarl analyze $RUNS/cls_omni5_maml_s0 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/maml_maml
   metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_anil_s2 "${O[@]}" --tasks 8 --out results/analysis/anil_anil
   metarl analyze $RUNS/cls_omni5_anil_s1 $RUNS/cls_omni5_maml_s1 "${O[@]}" --tasks 8 --out results/analysis/anil_maml

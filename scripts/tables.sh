@@ -87,6 +87,7 @@ if [[ $what == omniglot || $what == all ]]; then
   table omni5_maml_20000 metarl evaluate $R/cls_omni5_maml_s0_20000 "${O[@]}"
   table omni5_maml_30000 metarl evaluate $R/cls_omni5_maml_s0_30000 "${O[@]}"
   table omni5_maml_45000 metarl evaluate $R/cls_omni5_maml_s0_45000 "${O[@]}"
+  table omni5_maml_60000 metarl evaluate $R/cls_omni5_maml_s0_60000 "${O[@]}"
   table omni5_regimes_nil metarl summarize $R/cls_omni5_maml_s{0,1} $R/cls_omni5_anil_s{1,2} \
     $R/cls_omni5_{multiclass,multitask,niltrain}_s0 "${O[@]}" --adapt nil
   table cca_bias py scripts/cca_bias.py
