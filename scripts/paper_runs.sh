@@ -62,7 +62,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   scripts/tables.sh halfcheetah $RUNS
   metarl plot $RUNS/hc_dir_{anil,maml}_rllab_s? --out results/figures/halfcheetah_dir_rllab_curves.png \
     --title "HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), every seed"
-  for run in hc_dir_maml_s0 hc_vel_maml_s0 hc_dir_maml_rllab_s0 hc_dir_maml_rllab_s1; do
+  for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2}; do
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
   done

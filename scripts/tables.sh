@@ -73,6 +73,11 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   by_task_tables $R/hc_dir_{anil,maml}_rllab_s?
+  # which layer the inner loop changes most, over every HalfCheetah MAML policy (reads metarl analyze's
+  # JSON in results/analysis/, made by scripts/paper_runs.sh halfcheetah)
+  A=results/analysis
+  table rl_similarity_1step py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s? $A/hc_dir_maml_rllab_s?
+  table rl_similarity_3steps py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s?_3steps $A/hc_dir_maml_rllab_s?_3steps
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
