@@ -123,6 +123,20 @@ def finetune_step(learner: MetaLearner, params: Params, ep: Episodes, lr: float,
     return learner.adapt(params, ep, learner.advantages(ep), first_order=True, lrs=[lr], batched=k > 0)
 
 
+def finetune(engine, policy, learner, task_list: list[dict], per_task: int, lrs: list[float], rng) -> list[Episodes]:
+    """Episodes before adaptation and after each test-time step (Finn et al. 2017): step k samples fresh
+    trajectories with the policy adapted k times, then takes its inner step on them.
+
+    `evaluate` reads returns from these, `analysis_probe` representations, so both see the same policies.
+    """
+    params, episodes = meta_parameters(policy), []
+    for k in range(len(lrs) + 1):
+        episodes.append(sample(engine, policy, detached(params), task_list, per_task, rng))
+        if k < len(lrs):
+            params = finetune_step(learner, params, episodes[-1], lrs[k], k)
+    return episodes
+
+
 def evaluate(
     config: dict[str, Any],
     policy_state: dict[str, Any],
@@ -136,22 +150,12 @@ def evaluate(
     Each step samples fresh trajectories with the current (adapted) policy and takes one
     inner VPG step on them, as in Finn et al. (2017).
     """
-    torch.set_num_threads(config["training"]["torch_threads"])
-    ev = config["evaluation"]
-    engine = build_engine(config)
-    policy = build_policy(config, engine)
-    load_weights(policy, policy_state)
-    learner = build_learner(config, policy, spec=adapt)
+    engine, policy, learner = _policy_and_learner(config, policy_state, adapt)
     lrs = evaluation_step_sizes(config, inner_steps)
     rng = np.random.default_rng(seed)
     task_list = engine.sample_tasks(tasks, rng)
-    params = meta_parameters(policy)
-    per_task_returns = []
-    for k in range(inner_steps + 1):
-        ep = sample(engine, policy, detached(params), task_list, ev["trajectories_per_task"], rng)
-        per_task_returns.append(ep.returns().mean(1).double())
-        if k < inner_steps:
-            params = finetune_step(learner, params, ep, lrs[k], k)
+    episodes = finetune(engine, policy, learner, task_list, config["evaluation"]["trajectories_per_task"], lrs, rng)
+    per_task_returns = [ep.returns().mean(1).double() for ep in episodes]
     means = [r.mean().item() for r in per_task_returns]
     ci = [1.96 * r.std(unbiased=True).item() / math.sqrt(tasks) if tasks > 1 else 0.0 for r in per_task_returns]
     return {
@@ -207,13 +211,8 @@ def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, se
     rng = np.random.default_rng(seed)
     task_list = engine.sample_tasks(tasks, rng)
     per_task = config["evaluation"]["trajectories_per_task"]
-    params, support, returns = meta_parameters(policy), [], []
-    for k, lr in enumerate(evaluation_step_sizes(config, steps)):
-        support.append(sample(engine, policy, detached(params), task_list, per_task, rng))
-        returns.append(support[-1].returns().mean(1).mean().item())
-        params = finetune_step(learner, params, support[-1], lr, k)
-    query = sample(engine, policy, detached(params), task_list, per_task, rng)
-    returns.append(query.returns().mean(1).mean().item())
+    *support, query = finetune(engine, policy, learner, task_list, per_task, evaluation_step_sizes(config, steps), rng)
+    returns = [ep.returns().mean(1).mean().item() for ep in (*support, query)]
     obs, mask = query.flat("obs"), query.flat("mask").bool()
     states = [obs[t][mask[t]][:max_states] for t in range(len(task_list))]
     return {"support": support, "states": states, "returns": returns}
