@@ -358,16 +358,18 @@ def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, se
     return TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed).sample_batch(tasks)
 
 
-def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: str | None = None):
-    """Every layer's output on the probe's queries, before and after the test-time inner loop."""
+def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: str | None = None, adapt: bool = True):
+    """Each layer's output on the probe's queries before and after the test-time inner loop (post None if not adapt)."""
     torch.set_num_threads(config["training"]["torch_threads"])
     model = trained_model(config, state["model"]["model"], load_splits(config, config["data"]["root"])["test"])
     params = {k: v.detach() for k, v in meta_parameters(model).items()}
     lrs = evaluation_step_sizes(config, config["evaluation"]["inner_steps"])
     learner = evaluation_learner(config, model, spec or config["adaptation"]["spec"], lrs)
+    as_lists = lambda d: {k: list(v.double().numpy()) for k, v in d.items()}  # noqa: E731
+    with torch.no_grad():
+        pre = as_lists(learner.run(params, probe.query_x, "layers"))
+    if not adapt:
+        return pre, None
     adapted = learner.adapt(params, probe, fast=False).params
     with torch.no_grad():
-        pre = learner.run(params, probe.query_x, "layers")
-        post = learner.run({k: v.detach() for k, v in adapted.items()}, probe.query_x, "layers")
-    as_lists = lambda d: {k: list(v.double().numpy()) for k, v in d.items()}  # noqa: E731
-    return as_lists(pre), as_lists(post)
+        return pre, as_lists(learner.run({k: v.detach() for k, v in adapted.items()}, probe.query_x, "layers"))

@@ -228,8 +228,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if len(runs) == 2:
         if configs[1]["kind"] != configs[0]["kind"]:
             raise UserError("the two runs must be of the same kind (both RL or both classification)")
-        pre_a, _ = mod.capture(configs[0], state, probe, args.adapt)
-        pre_b, _ = mod.capture(configs[1], runs[1].load_checkpoint(), probe, args.adapt)
+        pre_a, _ = mod.capture(configs[0], state, probe, args.adapt, adapt=False)
+        pre_b, _ = mod.capture(configs[1], runs[1].load_checkpoint(), probe, args.adapt, adapt=False)
         table = report.compare(pre_a, pre_b, args.conv)
         result = {"runs": args.runs, "layers": table, "body": report.body_average(table), "tasks": args.tasks}
         result["json"] = str(report.write_json(result, out / f"vs_{runs[1].path.name}.json"))

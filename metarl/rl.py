@@ -218,25 +218,26 @@ def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, se
     return {"support": support, "states": states, "returns": returns}
 
 
-def capture(config: dict[str, Any], state: dict[str, Any], probe, spec: str | None = None):
+def capture(config: dict[str, Any], state: dict[str, Any], probe, spec: str | None = None, adapt: bool = True):
     """Every layer's output on the probe's states, before and after the inner steps on its support episodes.
 
     Another checkpoint or `spec` takes its steps on the same episodes (those of the probe's own
-    policy), so that every model is compared on the same data.
+    policy), so that every model is compared on the same data. `adapt=False` skips the steps
+    (post is None): comparing two models needs only their outputs before adaptation.
     """
     _, policy, learner = _policy_and_learner(config, state["model"]["policy"], spec)
     params = meta_parameters(policy)
     lrs = evaluation_step_sizes(config, len(probe["support"]))
     with torch.no_grad():
         adapted = params
-        for k, ep in enumerate(probe["support"]):
+        for k, ep in enumerate(probe["support"] if adapt else []):
             adapted = finetune_step(learner, adapted, ep, lrs[k], k)
         adapted = detached(adapted)
         pre: dict[str, list] = {}
         post: dict[str, list] = {}
         for t, states in enumerate(probe["states"]):
             task_params = {k: v[t] if v.dim() > params[k].dim() else v for k, v in adapted.items()}
-            for out, p in ((pre, params), (post, task_params)):
+            for out, p in ((pre, params), (post, task_params))[: 2 if adapt else 1]:
                 for layer, x in functional_call(policy, p, (states,), {"stage": "layers"}).items():
                     out.setdefault(layer, []).append(x.double().numpy())
-    return pre, post
+    return pre, post if adapt else None

@@ -303,6 +303,16 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert main(["analyze", str(a), str(b), "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert set(r["body"]) == {"cca", "cca_all", "svcca", "pwcca", "cka"} and r["body"]["cka"] < 1.0
+    # a pair compares outputs before adaptation, so it skips the inner steps; those outputs are unchanged by that
+    from metarl import rl
+    from metarl.runs import RunDir
+
+    run = RunDir.open(a)
+    config, state = run.config(), run.load_checkpoint()
+    probe = rl.analysis_probe(config, state, 2, 0)
+    (pre, post), (pre_only, none) = rl.capture(config, state, probe), rl.capture(config, state, probe, adapt=False)
+    assert none is None and post and pre.keys() == pre_only.keys()
+    assert all((x == y).all() for k in pre for x, y in zip(pre[k], pre_only[k], strict=True))
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert sorted(int(k) for k in r["over_training"]) == [0, 1, 2] and r["reused"] == 0
