@@ -388,6 +388,10 @@ def test_analyze_classification_run(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "run"), "--tasks", "2", "--inner-steps", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["inner_steps"] == 2 and r["layers"]["conv1"]["relative_change"] > 0
+    # a model against itself (Table 3's pair comparison): every body layer reads 1
+    assert main(["analyze", str(tmp_path / "run"), str(tmp_path / "run"), "--tasks", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["body"]["cka"] == pytest.approx(1.0) and r["body"]["cca"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_sample_labelled_returns_true_classes():
