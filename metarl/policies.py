@@ -32,7 +32,8 @@ class GaussianMLPPolicy(nn.Module):
 
     Layers are `layer1..layerL` and `head` (the last linear layer of the mean network),
     the names `head` and `freeze:K` refer to. `adapt_log_std` puts the log-std into the
-    head's adaptable group, so ANIL can adapt the exploration noise or not.
+    head's adaptable group, so ANIL can adapt the exploration noise or not; every spec resolves
+    through these groups, so `false` also keeps MAML's (`full`) inner step off the log-std.
     """
 
     def __init__(
