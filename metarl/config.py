@@ -8,7 +8,9 @@ typo cannot turn into a run with a different setting than the user wrote.
 from __future__ import annotations
 
 import copy
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,23 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
 # integer key must be >= 1, and seeds (any key ending in "seed") lie in [0, 2**32).
 ZERO_OK = ("inner_steps", "snapshot_every", "ls_max_steps")
 
+# Real-valued settings outside these ranges would fail deep inside a run or train nonsense quietly.
+# Every real value must also be finite; a list of step sizes is checked entry by entry.
+RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "adaptation.inner_lr": (">= 0", lambda v: v >= 0),
+    "evaluation.inner_lr": (">= 0", lambda v: v >= 0),
+    "training.outer_lr": ("> 0", lambda v: v > 0),
+    "training.gamma": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "training.gae_lambda": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "training.max_kl": ("> 0", lambda v: v > 0),
+    "training.cg_damping": (">= 0", lambda v: v >= 0),
+    "training.ls_backtrack_ratio": ("in (0, 1)", lambda v: 0 < v < 1),
+    "training.baseline_reg": (">= 0", lambda v: v >= 0),
+    "training.baseline_clip_obs": ("> 0", lambda v: v > 0),
+    "policy.init_std": ("> 0", lambda v: v > 0),
+    "policy.min_std": (">= 0", lambda v: v >= 0),
+}
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("rl", "classification"),
     "training.outer": ("trpo", "vpg"),
@@ -106,11 +125,23 @@ def _check(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"config key {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
     if isinstance(value, int) and not isinstance(value, bool) and float not in allowed:
         _check_count(value, key)
-    if isinstance(value, list) and default and all(type(v) is int for v in default):
+    if isinstance(value, list) and isinstance(default, list) and default and all(type(v) is int for v in default):
         if not all(type(v) is int and v >= 1 for v in value):
             raise UserError(f"config key {key!r} must be a list of integers >= 1, got {value!r}")
+    if float in allowed and isinstance(value, list):  # step sizes, one per inner step
+        if not value or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise UserError(f"config key {key!r} must be a number or a non-empty list of numbers, got {value!r}")
+        return [_check_real(float(v), key) for v in value]
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    return _check_real(value, key) if isinstance(value, float) else value
+
+
+def _check_real(value: float, key: str) -> float:
+    if not math.isfinite(value):
+        raise UserError(f"config key {key!r} must be a finite number, got {value!r}")
+    if key in RANGES and not RANGES[key][1](value):
+        raise UserError(f"config key {key!r} must be {RANGES[key][0]}, got {value!r}")
     return value
 
 
@@ -141,16 +172,35 @@ def merge(defaults: dict[str, Any], overrides: dict[str, Any], prefix: str = "")
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a config file; an empty file is an error, not "all defaults"
+    (a run's config.yaml emptied by accident must not resume as another experiment)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {str(path)!r} is a directory")
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
-        data = {}
+        raise UserError(f"config file {str(path)!r} is empty")
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping at the top level")
     return data
