@@ -8,6 +8,7 @@ an environment to its engine.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import gymnasium
 
@@ -44,7 +45,24 @@ def make_batch_env(name: str, **settings) -> BatchEnv:
         from metarl.errors import UserError
 
         raise UserError(f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS)}")
-    return _load(ENVIRONMENTS[name][2])(**settings)
+    engine = _load(ENVIRONMENTS[name][2])
+    _check_setting_types(engine, settings)
+    return engine(**settings)
+
+
+def _check_setting_types(engine: type, settings: dict) -> None:
+    """A setting must have its default's type (a float takes an int), so that a YAML typo is refused
+    when the run starts, not as a TypeError deep in the first iteration after the run directory exists."""
+    from metarl.errors import UserError
+
+    params = inspect.signature(engine).parameters
+    for key, value in settings.items():
+        default = params[key].default if key in params else None
+        if default is None or default is inspect.Parameter.empty:
+            continue  # unknown names fail in the call; optional ones are checked by the engine
+        want = (int, float) if isinstance(default, float) else (type(default),)
+        if not isinstance(value, want) or (isinstance(value, bool) and not isinstance(default, bool)):
+            raise UserError(f"env setting {key!r} must be {type(default).__name__}, got {value!r}")
 
 
 def make_env(name: str, **settings) -> gymnasium.Env:

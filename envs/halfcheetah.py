@@ -105,8 +105,9 @@ class _Cheetah:
         if velocity_range is not None and kind != "velocity":
             raise UserError("velocity_range is a setting of HalfCheetah-Velocity only")
         velocity_range = tuple(velocity_range or DEFAULT_VELOCITY_RANGE)
-        if len(velocity_range) != 2 or velocity_range[0] > velocity_range[1]:
-            raise UserError(f"velocity_range must be (low, high) with low <= high, not {velocity_range}")
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in velocity_range)
+        if len(velocity_range) != 2 or not numbers or velocity_range[0] > velocity_range[1]:
+            raise UserError(f"velocity_range must be two numbers (low, high) with low <= high, not {velocity_range}")
         self.kind = kind
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         self.obs_dim = obs_dim
