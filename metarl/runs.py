@@ -88,6 +88,8 @@ class RunDir:
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
         run = cls(path)
+        if run.path.is_file():
+            raise UserError(f"{str(run.path)!r} is a file; give its run directory")
         if not run.path.is_dir():
             raise UserError(f"run directory {str(run.path)!r} does not exist")
         if not (run.path / "config.yaml").is_file():
@@ -137,6 +139,8 @@ class RunDir:
         path = Path(path)
         if not path.is_file() and (self.path / path).is_file():
             path = self.path / path  # a snapshot named relative to the run, e.g. snapshots/iter_000300.pt
+        if path.is_dir():
+            raise UserError(f"checkpoint {str(path)!r} is a directory; give a .pt file in it")
         if not path.is_file():
             raise UserError(f"checkpoint {str(path)!r} does not exist")
         try:
@@ -144,7 +148,13 @@ class RunDir:
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"checkpoint {str(path)!r} is corrupt or unreadable ({msg})") from None
-        if not isinstance(state, dict) or "iteration" not in state or "model" not in state:
+        well_formed = (
+            isinstance(state, dict)
+            and type(state.get("iteration")) is int
+            and state["iteration"] >= 0
+            and isinstance(state.get("model"), dict)
+        )
+        if not well_formed:
             raise UserError(f"checkpoint {str(path)!r} is corrupt or not a metarl checkpoint")
         return state
 
@@ -158,29 +168,28 @@ class RunDir:
 
     def truncate_metrics(self, iteration: int) -> None:
         """Drop rows logged after the checkpoint being resumed (they will be redone)."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if row.get("iteration", 0) < iteration:
-                keep.append(line)
-        atomic_write_bytes(path, lambda f: f.write("".join(x + "\n" for x in keep).encode()))
+        if (self.path / "metrics.jsonl").exists():
+            keep = [
+                json.dumps(r) for r in self.metrics() if type(r.get("iteration")) is int and r["iteration"] < iteration
+            ]
+            atomic_write_bytes(self.path / "metrics.jsonl", lambda f: f.write("".join(x + "\n" for x in keep).encode()))
 
     def metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl; a line that is not a JSON object (cut short by a kill, or
+        damaged) is skipped rather than stopping a plot or a resume."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
+        if not path.is_file():
+            raise UserError(f"{str(path)!r} is not a file")
         rows = []
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
         return rows
 
 

@@ -56,9 +56,11 @@ def train(
     if state is not None:
         restore_rng_state(state["rng"], rng)
         start = state["iteration"]
-    elif logging["snapshot_every"] > 0:
-        # the initialisation too, so analyses over training start from iteration 0
-        run.save_checkpoint({"iteration": 0, "model": exp.state(), "rng": rng_state(rng)}, snapshot=True)
+    else:
+        # The initial state: a run killed before its first periodic checkpoint resumes from here, and
+        # (as a snapshot) analyses over training start from iteration 0.
+        state0 = {"iteration": 0, "model": exp.state(), "rng": rng_state(rng)}
+        run.save_checkpoint(state0, snapshot=logging["snapshot_every"] > 0)
     run.truncate_metrics(start)
     writer = SummaryWriter(str(run.path / "tb"), purge_step=start if start else None)
     rows = []
