@@ -402,7 +402,10 @@ def _read_miniimagenet_pkl(path: Path) -> ClassImages:
         )
     if not isinstance(class_dict, dict) or not class_dict:
         raise UserError(f"{path}: 'class_dict' should be a non-empty dict class -> list of row indices.")
-    rows = {str(name): np.asarray(class_dict[name], dtype=np.int64) for name in class_dict}
+    try:
+        rows = {str(name): np.asarray(class_dict[name], dtype=np.int64) for name in class_dict}
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{path}: 'class_dict' should map each class to a list of row indices ({error}).") from None
     if any(r.ndim != 1 or len(r) == 0 or r.min() < 0 or r.max() >= len(image_data) for r in rows.values()):
         raise UserError(f"{path}: 'class_dict' has empty lists, or rows outside 0..{len(image_data) - 1}.")
     images = torch.from_numpy(image_data)

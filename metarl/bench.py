@@ -231,6 +231,8 @@ class _Proxy:
 
 def run(args) -> dict[str, Any]:
     threads = args.threads
+    if args.task and (args.env or args.what == "sampler"):
+        raise UserError("--task names a classification benchmark of meta-step; --env an RL one: give one")
     if args.what == "sampler":
         return sampler(args.env or "halfcheetah-vel", args.repeats)
     if args.task:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,11 @@ def _at_least(low: int) -> Callable[[str], int]:
 COUNT, STEPS, SEED = _at_least(1), _at_least(0), _at_least(0)
 
 
+def _refuse_data_root(config: dict[str, Any], data_root: str | None) -> None:
+    if data_root and config["kind"] != "classification":
+        raise UserError("--data-root is for classification runs; RL runs read no data")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from metarl.config import DEFAULTS, deep_update, dump, load_config, merge, parse_overrides
     from metarl.runs import CHECKPOINT, RunDir, seed_everything
@@ -61,8 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = run.config()
         if args.set:  # train longer / log differently; the run's config.yaml records the change
             config = merge(DEFAULTS[config["kind"]], deep_update(config, parse_overrides(args.set)))
-        if args.data_root and config["kind"] != "classification":
-            raise UserError("--data-root is for classification runs; RL runs read no data")
+        _refuse_data_root(config, args.data_root)
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (e.g. configs/rl/navigation2d_anil.yaml) or --resume DIR")
@@ -78,6 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
     if args.resume and state is None and run.has_records():
         raise UserError(f"{str(run.path)!r} has training records but no {CHECKPOINT}; restore it or train elsewhere")
+    if state is not None and not isinstance(state.get("rng"), dict):
+        raise UserError(f"the checkpoint of {str(run.path)!r} holds no RNG state, so it cannot resume exactly")
     if state is not None and state["iteration"] > config["training"]["iterations"]:
         raise UserError(f"{str(run.path)!r} is at iteration {state['iteration']}; training.iterations cannot be less")
     if state is not None:  # before anything is written: a checkpoint that no longer fits config.yaml is refused
@@ -99,6 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = RunDir.open(args.run)
     config = run.config()
+    _refuse_data_root(config, args.data_root)
     state = run.load_checkpoint(args.checkpoint)
     result = _kind_module(config["kind"]).evaluate_run(config, state, args)
     result["run"] = str(run.path)
@@ -319,6 +327,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out {args.out!r}: name the PNG file to write, e.g. curves.png")
+    if args.ylim and not (math.isfinite(args.ylim[0]) and math.isfinite(args.ylim[1]) and args.ylim[0] < args.ylim[1]):
+        raise UserError(f"--ylim {args.ylim[0]} {args.ylim[1]}: give two finite numbers, LOW < HIGH")
     print(plot_runs(args.runs, args.out, args.window, args.title, args.ylim))
     return 0
 
@@ -341,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metarl: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a path that clashes with a file or directory, no permission, disk full
+        print(f"metarl: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

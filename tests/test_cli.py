@@ -221,6 +221,31 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", str(bad)], "mapping")
     bad.write_bytes(b"training: \xff\xfe\n")
     one_line_error(capsys, ["train", str(bad)], "not valid YAML")
+    bad.write_text("")
+    one_line_error(capsys, ["train", str(bad)], "is empty")
+    bad.write_text("training:\n  iterations: 1\n  iterations: 2\n")
+    one_line_error(capsys, ["train", str(bad)], "'iterations' appears twice", "line 3")
+    one_line_error(capsys, ["train", str(tmp_path)], "is a directory")
+    # real-valued settings: finite, in range, and a step-size list holds numbers (checked before anything is written)
+    fresh = str(tmp_path / "fresh")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "training.max_kl=-1"], "'training.max_kl'", "> 0")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "training.gamma=.nan"], "finite")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "training.gae_lambda=1.5"], "in [0, 1]")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "adaptation.inner_lr=[0.1, -1]"], ">= 0")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[]"], "non-empty list")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[abc]"], "list of numbers")
+    one_line_error(
+        capsys, ["train", cfg, "--out", fresh, "--set", "env.settings.goal_range=abc"], "'goal_range'", "float"
+    )
+    assert not Path(fresh).exists()
+    listed = ["--set", "adaptation.inner_lr=[0.1, 0.05]", "--set", "adaptation.inner_steps=2"]
+    assert (
+        main(
+            ["train", cfg, "--out", str(tmp_path / "lrs"), "--quiet", *listed, *sum([["--set", x] for x in TINY], [])]
+            + ["--set", "training.iterations=1"]
+        )
+        == 0
+    )
 
 
 def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
@@ -250,8 +275,55 @@ def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
     before = (run / "metrics.jsonl").read_text()
     one_line_error(capsys, ["train", "--resume", str(run)], "no checkpoint.pt")
     assert (run / "metrics.jsonl").read_text() == before
+    # a checkpoint of the wrong shape, a file or a directory in the wrong place
+    torch.save({"iteration": "x", "model": 5}, ckpt)
+    one_line_error(capsys, ["evaluate", str(run)], "not a metarl checkpoint")
+    one_line_error(capsys, ["train", "--resume", str(run / "config.yaml")], "is a file")
+    one_line_error(capsys, ["evaluate", str(run), "--checkpoint", str(run / "tb")], "is a directory")
+    one_line_error(capsys, ["evaluate", str(run), "--data-root", str(tmp_path)], "RL runs read no data")
+    # an emptied config.yaml must not resume as the default experiment
+    (run / "config.yaml").write_text("")
+    one_line_error(capsys, ["evaluate", str(run)], "is empty")
     # an existing run is never overwritten by a new one
     one_line_error(capsys, ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(run)], "already")
+
+
+def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, capsys, monkeypatch):
+    """The initial state is saved before the first iteration, so even `checkpoint_every` beyond the kill resumes."""
+    from metarl.rl import RLExperiment
+
+    real = RLExperiment.iteration
+
+    def killed_at_two(self, it):
+        if it == 2:
+            raise KeyboardInterrupt
+        return real(self, it)
+
+    monkeypatch.setattr(RLExperiment, "iteration", killed_at_two)
+    extra = ["logging.checkpoint_every=100", "logging.snapshot_every=0"]
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(out), "--quiet"]
+    args += sum([["--set", x] for x in [*TINY, *extra, "training.iterations=4"]], [])
+    assert main(args) == 130
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(RLExperiment, "iteration", real)
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+    # a damaged metrics file (random bytes, a line that is no object) is skipped, not a traceback
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b"\xff\xfe\x00garbage\n5\n")
+    assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["train", "--resume", str(out), "--quiet", "--set", "training.iterations=5"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4]
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    del state["rng"]
+    torch.save(state, out / "checkpoint.pt")
+    capsys.readouterr()
+    one_line_error(capsys, ["train", "--resume", str(out), "--set", "training.iterations=6"], "no RNG state")
+    one_line_error(capsys, ["plot", str(out), "--out", str(tmp_path / "d.png"), "--ylim", "nan", "1"], "--ylim")
 
 
 def test_bench_meta_step_json(capsys, monkeypatch):
@@ -271,6 +343,8 @@ def test_bench_meta_step_json(capsys, monkeypatch):
     assert set(r["seconds_per_iteration"]) == {"maml", "anil"}
     assert r["maml_over_anil"] == pytest.approx(r["seconds_per_iteration"]["maml"] / r["seconds_per_iteration"]["anil"])
     assert set(r["split"]["maml"]) >= {"sampling_s", "inner_update_s", "outer_update_s"}
+    one_line_error(capsys, ["bench", "sampler", "--task", "omniglot-5w1s"], "give one")
+    one_line_error(capsys, ["bench", "meta-step", "--env", "navigation2d", "--task", "omniglot-5w1s"], "give one")
 
 
 def test_plot_writes_png(tmp_path):
