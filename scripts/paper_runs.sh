@@ -54,18 +54,18 @@ if [[ $what == halfcheetah || $what == all ]]; then
   for m in maml anil; do
     train hc_dir_${m}_rllab_s0 configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed 0 --set env.settings.nthread=1
   done
-  for s in 1 2; do
+  for s in 1 2 3; do
     for m in anil maml; do
       train hc_dir_${m}_rllab_s$s configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed $s --set env.settings.nthread=1
     done
   done
-  scripts/tables.sh halfcheetah $RUNS
-  metarl plot $RUNS/hc_dir_{anil,maml}_rllab_s? --out results/figures/halfcheetah_dir_rllab_curves.png \
-    --title "HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), every seed"
-  for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2}; do
+  for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
   done
+  scripts/tables.sh halfcheetah $RUNS
+  metarl plot $RUNS/hc_dir_{anil,maml}_rllab_s? --out results/figures/halfcheetah_dir_rllab_curves.png \
+    --title "HalfCheetah-Dir, Finn et al.'s rllab setting (horizon 200), every seed"
   metarl plot $RUNS/hc_dir_anil_s{0,1,2} $RUNS/hc_dir_maml_s{0,1,2} --out results/figures/halfcheetah_dir_curves.png \
     --title "HalfCheetah-Direction, seeds 0-2"
   metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100} --out results/figures/halfcheetah_dir_anil_ablations.png \
