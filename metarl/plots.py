@@ -37,7 +37,8 @@ def plot_runs(
 ) -> Path:
     """One panel: pre- and post-adaptation curves of every run (moving average over `window`);
     `ylim` zooms in past the first iterations' much lower returns."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    many = len(runs) > 4  # then the legend goes beside the panel, where it hides no curve
+    fig, ax = plt.subplots(figsize=(10, 4.2) if many else (7, 4.2), dpi=120)
     ylabel = "average return"
     for n, path in enumerate(runs):
         run = RunDir.open(path)
@@ -48,8 +49,8 @@ def plot_runs(
         if kind == "classification":
             ylabel = "query accuracy"
         for i, (key, label) in enumerate(CURVES[kind]):
-            xs = [r["iteration"] for r in rows if key in r]
-            ys = smooth([r[key] for r in rows if key in r], window)
+            kept = [r for r in rows if key in r and "iteration" in r]
+            xs, ys = [r["iteration"] for r in kept], smooth([r[key] for r in kept], window)
             style = {"color": f"C{n}", "linestyle": "--" if i == 0 else "-", "alpha": 0.6 if i == 0 else 1.0}
             ax.plot(xs, ys, label=f"{run.path.name}: {label}", **style)
     ax.set_xlabel("meta-iteration")
@@ -58,7 +59,7 @@ def plot_runs(
         ax.set_ylim(*ylim)
     ax.set_title(title or "training curves")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if many else {}))
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
