@@ -306,7 +306,7 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append("  body average: " + "  ".join(f"{LABELS[m]} {v:.3f}" for m, v in result["body"].items()))
     lines.append(
         f"  CCA: mean of the leading correlations making up {CCA_THRESHOLD:.0%} of their sum"
-        f" (SVCCA reference); CCAall: all; SVCCA: CCA of the directions holding {SVCCA_KEEP:.0%} of the variance"
+        f" (SVCCA reference); CCAall: all; SVCCA: that CCA of the directions holding {SVCCA_KEEP:.0%} of the variance"
     )
     if result.get("reused"):
         lines.append(f"  {result['reused']} snapshot(s) taken from the earlier over_training.json (same settings)")

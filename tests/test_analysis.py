@@ -61,6 +61,10 @@ def test_charts_and_json(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     out = write_json({"layers": table, "x": np.float32(1.5)}, tmp_path / "a.json")
     assert json.loads(out.read_text())["x"] == 1.5
+    # non-finite values become null, so the file is strict JSON (no NaN token) that any reader takes
+    out = write_json({"body": {"cca": float("nan")}, "r": [np.float64("inf"), 2.0], 3: (np.int64(4),)}, out)
+    assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
+    assert json.loads(out.read_text()) == {"body": {"cca": None}, "r": [None, 2.0], "3": [4]}
 
 
 def test_relative_change_sees_a_shift_that_cca_and_cka_ignore():

@@ -22,7 +22,8 @@ Capture = dict[str, list[np.ndarray]]
 # which every near-zero correlation of a signal-free direction pulls down. SVCCA (Raghu et al.
 # 2017) first drops the low-variance directions of each side (keeping 99% of the variance), whose
 # correlations are mostly noise. PWCCA (Morcos et al. 2018) instead weighs each correlation by how
-# much of the representation its direction carries.
+# much of the representation its direction carries. Our "svcca" summarises the kept directions'
+# correlations with the same 98% rule as "cca" (the plain mean of Raghu et al. 2017 reads a little lower).
 CCA_THRESHOLD = 0.98
 SVCCA_KEEP = 0.99
 MEASURES = {
@@ -130,14 +131,20 @@ def write_json(obj: Any, out: Path) -> Path:
     """Atomically: `analyze --checkpoints` reads its earlier output back, so a kill must not truncate it."""
     from metarl.runs import atomic_write_bytes
 
-    text = json.dumps(obj, indent=2, default=_jsonable)
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
     atomic_write_bytes(out, lambda f: f.write(text.encode()))
     return out
 
 
 def _jsonable(x: Any) -> Any:
+    """numpy scalars as Python numbers, NaN and infinities as null: strict JSON that any reader takes
+    (json.dumps would write NaN, which jq and JavaScript refuse)."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
     if isinstance(x, np.generic):
-        return x.item()
+        x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return None
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+    return x
