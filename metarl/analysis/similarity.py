@@ -260,7 +260,8 @@ def pwcca(x: Any, y: Any, epsilon: float = 1e-10) -> float:
     alpha_i is proportional to sum_j |<h_i, x_j>| over the unit-norm canonical variates h_i of x
     and the centred neurons x_j of x, so correlations of directions that account for more of x
     count more. Asymmetric in x and y, and (because of the weights) not invariant to general linear
-    maps of x -- only of y.
+    maps of x -- only of y. The weights project centred neurons, where the authors' code projects
+    raw ones; the two differ only through each neuron's mean (slightly, for ReLU layers).
     """
     x, y = _pair(x, y)
     qx, u, rho = _canonical(x, y, epsilon)
