@@ -1,7 +1,8 @@
 """The `metarl` command: train, evaluate, bench, analyze, data.
 
 Every user-fixable problem surfaces as a `UserError`, printed here as one line with exit
-code 2; a traceback means a bug in metarl.
+code 2; an operating-system error (a path that clashes, no permission, a full disk) is one line
+with exit code 1; a traceback means a bug in metarl.
 """
 
 from __future__ import annotations
