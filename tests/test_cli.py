@@ -284,6 +284,12 @@ def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
     # an emptied config.yaml must not resume as the default experiment
     (run / "config.yaml").write_text("")
     one_line_error(capsys, ["evaluate", str(run)], "is empty")
+    # an --out that is a file: the operating system's error, in one line (exit 1)
+    clash = tmp_path / "a_file"
+    clash.write_text("x")
+    assert main(["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(clash), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metarl: error:") and "\n" not in err and "a_file" in err
     # an existing run is never overwritten by a new one
     one_line_error(capsys, ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(run)], "already")
 
