@@ -40,8 +40,8 @@ def fit_linear_baseline(
     """Per-task ridge regression of returns on the features; returns values (T, N, H).
 
     As in rllab, the regulariser is multiplied by 10 (up to 5 times) while the solve is
-    not finite. The solve is in float64: the normal equations of these features are
-    badly conditioned in float32.
+    not finite, task by task: one task's bad batch leaves the others' fits alone. The solve is
+    in float64: the normal equations of these features are badly conditioned in float32.
     """
     feats = baseline_features(obs, clip_obs).double()
     T, F = feats.shape[0], feats.shape[-1]
@@ -49,9 +49,13 @@ def fit_linear_baseline(
     y = (returns.double() * mask.double()).reshape(T, -1, 1)
     xtx, xty = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
     eye = torch.eye(F, dtype=torch.float64, device=obs.device)
+    coef = torch.full_like(xty, float("nan"))
+    todo = torch.ones(T, dtype=torch.bool, device=obs.device)
     for _ in range(5):
-        coef = torch.linalg.solve(xtx + reg * eye, xty)
-        if torch.isfinite(coef).all():
+        solved, info = torch.linalg.solve_ex(xtx[todo] + reg * eye, xty[todo])  # info != 0: singular
+        coef[todo] = torch.where((info == 0)[:, None, None], solved, float("nan"))
+        todo = ~torch.isfinite(coef).all(dim=(1, 2))
+        if not todo.any():
             break
         reg *= 10
     return (feats @ coef.unsqueeze(1)).squeeze(-1).to(returns.dtype)

@@ -110,3 +110,14 @@ def test_baseline_fit_is_per_task_and_recovers_a_linear_target():
         torch.zeros(1, 2, 1, 3, dtype=torch.float64), torch.ones(1, 2, 1), torch.ones(1, 2, 1), REG
     )
     assert torch.isfinite(flat).all()
+
+
+def test_a_bad_task_leaves_the_other_tasks_fits_alone():
+    """The regulariser is raised task by task (setups.md: fitted per task), and a task whose batch cannot be
+    solved (an infinite observation) gives non-finite values for itself only, not an error or another fit."""
+    obs, rewards, mask = _batch()
+    returns = discounted_returns(rewards, mask, GAMMA)
+    alone = fit_linear_baseline(obs[:1], returns[:1], mask[:1], REG)
+    obs[1, 0, 0, 0] = float("inf")
+    both = fit_linear_baseline(obs, returns, mask, REG)
+    assert torch.equal(both[0], alone[0]) and not torch.isfinite(both[1]).all()
