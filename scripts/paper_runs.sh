@@ -59,6 +59,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
       train hc_dir_${m}_rllab_s$s configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed $s --set env.settings.nthread=1
     done
   done
+  # rllab's clip of the baseline's observations, for a seed that stalled without it
+  train hc_dir_anil_rllab_s2_clip10 configs/rl/halfcheetah_dir_anil_rllab.yaml --seed 2 --set env.settings.nthread=1 \
+    --set training.baseline_clip_obs=10
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps

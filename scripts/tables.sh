@@ -72,6 +72,7 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   done
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
+  table hc_dir_anil_rllab_s2_clip10 metarl evaluate $R/hc_dir_anil_rllab_s2_clip10 "${E[@]}"
   by_task_tables $R/hc_dir_{anil,maml}_rllab_s?
   # which layer the inner loop changes most, over every HalfCheetah MAML policy (reads metarl analyze's
   # JSON in results/analysis/, made by scripts/paper_runs.sh halfcheetah)
