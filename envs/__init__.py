@@ -51,18 +51,15 @@ def make_batch_env(name: str, **settings) -> BatchEnv:
 
 
 def _check_setting_types(engine: type, settings: dict) -> None:
-    """A setting must have its default's type (a float takes an int), so that a YAML typo is refused
-    when the run starts, not as a TypeError deep in the first iteration after the run directory exists."""
-    from metarl.errors import UserError
+    """A setting must have its default's type, by the config schema's own rule (a float takes an int),
+    so that a YAML typo is refused when the run starts, not as a TypeError deep in the first iteration."""
+    from metarl.config import _check
 
     params = inspect.signature(engine).parameters
     for key, value in settings.items():
         default = params[key].default if key in params else None
-        if default is None or default is inspect.Parameter.empty:
-            continue  # unknown names fail in the call; optional ones are checked by the engine
-        want = (int, float) if isinstance(default, float) else (type(default),)
-        if not isinstance(value, want) or (isinstance(value, bool) and not isinstance(default, bool)):
-            raise UserError(f"env setting {key!r} must be {type(default).__name__}, got {value!r}")
+        if default is not None and default is not inspect.Parameter.empty:  # unknown names fail in the call
+            settings[key] = _check(value, default, f"env.settings.{key}")
 
 
 def make_env(name: str, **settings) -> gymnasium.Env:

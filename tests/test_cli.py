@@ -234,9 +234,8 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "adaptation.inner_lr=[0.1, -1]"], ">= 0")
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[]"], "non-empty list")
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[abc]"], "list of numbers")
-    one_line_error(
-        capsys, ["train", cfg, "--out", fresh, "--set", "env.settings.goal_range=abc"], "'goal_range'", "float"
-    )
+    goal = ["train", cfg, "--out", fresh, "--set", "env.settings.goal_range=abc"]
+    one_line_error(capsys, goal, "'env.settings.goal_range'", "float")
     assert not Path(fresh).exists()
     listed = ["--set", "adaptation.inner_lr=[0.1, 0.05]", "--set", "adaptation.inner_steps=2"]
     assert (
