@@ -550,13 +550,27 @@ class TaskSampler:
 
     def sample_batch(self, n_tasks: int) -> Task:
         """`n_tasks` independent tasks stacked on a leading axis, for training vectorised over tasks."""
-        g, images = self.generator, self.images
-        n_classes, n_per_class = images.shape[:2]
-        ways, shots, per_class = self.ways, self.shots, self.shots + self.queries
-        classes = torch.rand(n_tasks, n_classes, generator=g).argsort(dim=1)[:, :ways]
-        picks = torch.rand(n_tasks, ways, n_per_class, generator=g).argsort(dim=2)[..., :per_class]
+        return self.materialise(self.draw(n_tasks))
+
+    def draw(self, n_tasks: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The random part of `sample_batch` alone: classes (T, N), image picks (T, N, K+Q) and, with
+        `rotate`, quarter turns (T, N). Materialising slices of it lets evaluation draw a block of tasks
+        (fixing which tasks a seed gives) without holding the whole block as float images."""
+        g = self.generator
+        n_classes, n_per_class = self.images.shape[:2]
+        classes = torch.rand(n_tasks, n_classes, generator=g).argsort(dim=1)[:, : self.ways]
+        picks = torch.rand(n_tasks, self.ways, n_per_class, generator=g).argsort(dim=2)
+        picks = picks[..., : self.shots + self.queries]
+        turns = torch.randint(0, 4, (n_tasks, self.ways), generator=g) if self.rotate else None
+        return classes, picks, turns
+
+    def materialise(self, drawn: tuple[Tensor, Tensor, Tensor | None]) -> Task:
+        """Tasks (support, labels, query, labels) from `draw`'s indices, or from a slice of them."""
+        classes, picks, turns = drawn
+        images, ways, shots = self.images, self.ways, self.shots
         x = images[classes[..., None].to(images.device), picks.to(images.device)]  # (T, N, K+Q, C, H, W)
-        x = self._to_float(x, (n_tasks, ways))
+        x = self._to_float(x, turns)
+        n_tasks = len(classes)
         labels = torch.arange(ways, device=images.device)[:, None]
         return Task(
             x[:, :, :shots].flatten(1, 2),
@@ -573,13 +587,15 @@ class TaskSampler:
         cls = torch.randint(0, n_classes, (n,), generator=g)
         idx = torch.randint(0, n_per_class, (n,), generator=g)
         x = images[cls.to(images.device), idx.to(images.device)]
-        return self._to_float(x, (n,)), cls.to(images.device)
+        turns = torch.randint(0, 4, (n,), generator=g) if self.rotate else None
+        return self._to_float(x, turns), cls.to(images.device)
 
-    def _to_float(self, x: Tensor, groups: tuple[int, ...]) -> Tensor:
-        """uint8 images to float in [0, 1]; with `rotate`, each entry of the leading `groups` axes
-        (a class of a task, or one image) is turned by its own random multiple of 90 degrees."""
-        if self.rotate:
-            turns = torch.randint(0, 4, groups, generator=self.generator).to(x.device)
+    @staticmethod
+    def _to_float(x: Tensor, turns: Tensor | None) -> Tensor:
+        """uint8 images to float in [0, 1]; `turns` (one per entry of x's leading axes: a class of a
+        task, or one image) turns each by its own multiple of 90 degrees."""
+        if turns is not None:
+            turns = turns.to(x.device)
             for k in (1, 2, 3):
                 x[turns == k] = torch.rot90(x[turns == k], k, dims=(-2, -1))
         return x.float().div_(255)

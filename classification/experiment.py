@@ -312,9 +312,9 @@ def evaluate(
     per_task = []
     chunk = max(config["training"]["meta_batch_size"], 1)
     for start in range(0, tasks, EVAL_DRAW):
-        drawn = sampler.sample_batch(min(EVAL_DRAW, tasks - start))
-        for first in range(0, len(drawn.support_y), chunk):  # compute in meta-batch-sized pieces (memory)
-            task = Task(*(field[first : first + chunk] for field in drawn))
+        drawn = sampler.draw(min(EVAL_DRAW, tasks - start))
+        for first in range(0, len(drawn[0]), chunk):  # images of a meta-batch-sized piece at a time (memory)
+            task = sampler.materialise(tuple(None if f is None else f[first : first + chunk] for f in drawn))
             with torch.no_grad():
                 if learner is None:
                     s, q = model(task.support_x, "body"), model(task.query_x, "body")

@@ -296,15 +296,17 @@ def format_analysis(result: dict[str, Any]) -> str:
             f"iteration {it}" if "over_training" in result else " vs ".join(result.get("runs", [result.get("run")]))
         )
         lines.append(f"  {'layer':<10} " + " ".join(f"{v:>6}" for v in LABELS.values()) + f" {'change':>7}")
-        lines += [
-            f"  {layer:<10} " + " ".join(f"{row[m]:6.3f}" for m in LABELS) + f" {row['relative_change']:7.3f}"
-            for layer, row in table.items()
-        ]
+        for layer, row in table.items():
+            cells = [_cell(row[m], 6) for m in LABELS] + [_cell(row["relative_change"], 7)]
+            line = f"  {layer:<10} " + " ".join(cells)
+            if row.get("undefined_tasks"):
+                line += f"  ({row['undefined_tasks']} task(s) left out: the layer's output is constant there)"
+            lines.append(line)
     if "returns" in result:
         returns = ", ".join(f"{r:.1f}" for r in result["returns"])
         lines.append(f"  mean return before adaptation and after each step: {returns}")
     if "body" in result:
-        lines.append("  body average: " + "  ".join(f"{LABELS[m]} {v:.3f}" for m, v in result["body"].items()))
+        lines.append("  body average: " + "  ".join(f"{LABELS[m]} {_cell(v, 0)}" for m, v in result["body"].items()))
     lines.append(
         f"  CCA: mean of the leading correlations making up {CCA_THRESHOLD:.0%} of their sum"
         f" (SVCCA reference); CCAall: all; SVCCA: that CCA of the directions holding {SVCCA_KEEP:.0%} of the variance"
@@ -313,6 +315,11 @@ def format_analysis(result: dict[str, Any]) -> str:
         lines.append(f"  {result['reused']} snapshot(s) taken from the earlier over_training.json (same settings)")
     lines += [f"wrote {result[k]}" for k in ("png", "json") if k in result]
     return "\n".join(lines)
+
+
+def _cell(value: float | None, width: int) -> str:
+    """A similarity for the text table: `n/a` where it is undefined (NaN, or null read back from JSON)."""
+    return f"{value:{width}.3f}" if value is not None and math.isfinite(value) else f"{'n/a':>{width}}"
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:

@@ -74,3 +74,29 @@ def test_relative_change_sees_a_shift_that_cca_and_cka_ignore():
     assert table["cca"] == pytest.approx(1.0, abs=1e-9) and table["cka"] == pytest.approx(1.0, abs=1e-9)
     assert table["relative_change"] == pytest.approx(0.5 * np.sqrt(300 * 4) / np.linalg.norm(x - x.mean(0)))
     assert compare({"head": [x]}, {"head": [x]})["head"]["relative_change"] == 0.0
+
+
+def test_a_layer_constant_on_some_tasks_is_left_out_there_not_the_whole_analysis(tmp_path):
+    from metarl.cli import format_analysis
+
+    rng = np.random.default_rng(5)
+    a = capture(rng)
+    b = {k: [x.copy() for x in v] for k, v in a.items()}
+    a["layer2"][1] = np.zeros_like(a["layer2"][1])  # every ReLU unit dead on task 1's states, before adaptation
+    a["head"] = [np.ones_like(x) for x in a["head"]]  # constant on every task
+    table = compare(a, b)
+    assert table["conv1"]["cca"] == pytest.approx(1.0, abs=1e-6) and "undefined_tasks" not in table["conv1"]
+    assert table["layer2"]["undefined_tasks"] == 1  # the mean runs over tasks 0 and 2, where a == b
+    assert table["layer2"]["cka"] == pytest.approx(1.0, abs=1e-6)
+    assert table["head"]["undefined_tasks"] == 3
+    assert np.isnan(table["head"]["cca"]) and np.isnan(table["head"]["relative_change_std"])
+    assert body_average(table)["cka"] == pytest.approx(1.0, abs=1e-6)
+    # every layer undefined: the body reads NaN rather than failing
+    assert np.isnan(body_average({"layer2": table["head"], "head": table["head"]})["cca"])
+    assert bar_chart(table, tmp_path / "f.png", "t").read_bytes()[:4] == b"\x89PNG"
+    back = json.loads(write_json({"layers": table}, tmp_path / "a.json").read_text())["layers"]
+    assert back["head"]["cca"] is None
+    assert line_chart({0: back, 5: table}, tmp_path / "g.png", "t").read_bytes()[:4] == b"\x89PNG"
+    text = format_analysis({"run": "r", "layers": back, "body": body_average(table)})
+    head_line = next(line for line in text.splitlines() if line.strip().startswith("head"))
+    assert "n/a" in head_line and "3 task(s) left out" in head_line

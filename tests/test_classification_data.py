@@ -386,6 +386,17 @@ def test_sampler_is_deterministic_under_its_seed(numbered):
     assert torch.equal(sampler.sample().query_x, expected.query_x)
 
 
+def test_a_drawn_block_materialised_in_slices_equals_the_whole_block():
+    """Evaluation draws 32 tasks at a time but makes their float images one meta-batch at a time."""
+    images = torch.randint(0, 256, (12, 20, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole = TaskSampler(images, 5, 1, 2, rotate=True, seed=7).sample_batch(10)
+    sampler = TaskSampler(images, 5, 1, 2, rotate=True, seed=7)
+    drawn = sampler.draw(10)
+    pieces = [sampler.materialise(tuple(f[i : i + 4] for f in drawn)) for i in range(0, 10, 4)]
+    for field, *parts in zip(whole, *pieces, strict=True):
+        assert torch.equal(field, torch.cat(parts))
+
+
 def test_sampler_rotates_each_class_of_each_task():
     images = torch.zeros(10, 20, 1, 4, 4, dtype=torch.uint8)
     images[..., 0, 0] = 255  # a mark in the top-left corner shows the rotation

@@ -47,27 +47,47 @@ def relative_change(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def compare(a: Capture, b: Capture, conv_mode: str = "positions") -> dict[str, dict[str, float]]:
-    """Mean (and std over tasks) CCA, CKA and relative change between two captures, layer by layer."""
+    """Mean (and std over tasks) CCA, CKA and relative change between two captures, layer by layer.
+
+    A layer whose output is the same for every example of a task (every unit of a ReLU layer dead
+    on those states) has no defined similarity there: that task is left out of the layer's means
+    and counted in `undefined_tasks` (absent when 0), and a layer undefined on every task reads NaN (null in JSON),
+    so one dead layer does not void the analysis of the others.
+    """
     table: dict[str, dict[str, float]] = {}
     measures = {**MEASURES, "relative_change": relative_change}
     for layer in a:
         per_task: dict[str, list[float]] = {m: [] for m in measures}
+        undefined = 0
         for x, y in zip(a[layer], b[layer], strict=True):
             x, y = conv_to_datapoints(x, conv_mode), conv_to_datapoints(y, conv_mode)
+            if _constant(x) or _constant(y):
+                undefined += 1
+                continue
             for name, fn in measures.items():
                 per_task[name].append(fn(x, y))
         row: dict[str, float] = {}
         for name, values in per_task.items():
-            row[name] = float(np.mean(values))
-            row[f"{name}_std"] = float(np.std(values))
+            row[name] = float(np.mean(values)) if values else math.nan
+            row[f"{name}_std"] = float(np.std(values)) if values else math.nan
+        if undefined:
+            row["undefined_tasks"] = undefined
         table[layer] = row
     return table
 
 
+def _constant(x: np.ndarray) -> bool:
+    return bool(np.all(np.asarray(x) == np.asarray(x)[0]))
+
+
 def body_average(table: dict[str, dict[str, float]], head: str = "head") -> dict[str, float]:
-    """Average over every layer but the head (the paper's Table 3 convention)."""
+    """Average over every layer but the head (the paper's Table 3 convention), skipping undefined layers."""
     body = [row for layer, row in table.items() if layer != head]
-    return {m: float(np.mean([row[m] for row in body])) for m in MEASURES}
+    out = {}
+    for m in MEASURES:
+        values = [row[m] for row in body if math.isfinite(row[m])]
+        out[m] = float(np.mean(values)) if values else math.nan
+    return out
 
 
 def bar_chart(table: dict[str, dict[str, float]], out: Path, title: str) -> Path:
