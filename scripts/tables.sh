@@ -74,6 +74,9 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   table hc_dir_anil_rllab_s2_clip10 metarl evaluate $R/hc_dir_anil_rllab_s2_clip10 "${E[@]}"
   by_task_tables $R/hc_dir_{anil,maml}_rllab_s?
+  # torso pitch before and after one step: do stalled runs run on their backs? (they do not)
+  table hc_dir_posture py scripts/posture.py $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s2_clip10 \
+    $R/hc_dir_{anil,maml}_s0
   # which layer the inner loop changes most, over every HalfCheetah MAML policy (reads metarl analyze's
   # JSON in results/analysis/, made by scripts/paper_runs.sh halfcheetah)
   A=results/analysis
@@ -115,4 +118,7 @@ if [[ $what == trends || ($what == all && -d $R/cls_omni5_anil_s0/snapshots) ]];
     --checkpoint $R/hc_dir_anil_s0/snapshots/iter_000300.pt
   table hc_dir_anil_s0_relu100_iter300 metarl evaluate $R/hc_dir_anil_s0_relu100 "${E[@]}" \
     --checkpoint $R/hc_dir_anil_s0_relu100/snapshots/iter_000300.pt
+  # the rllab ANIL seeds' initial policies and their snapshots at 50: does the start predict a stall?
+  table hc_dir_anil_rllab_early_posture py scripts/posture.py \
+    $R/hc_dir_anil_rllab_s{0,1,2,3}/snapshots/iter_000000.pt $R/hc_dir_anil_rllab_s{0,1,2,3}/snapshots/iter_000050.pt
 fi
