@@ -36,6 +36,7 @@ in one `mujoco.batch.Batch` and match them bit for bit. Both take their maths fr
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -105,9 +106,13 @@ class _Cheetah:
         if velocity_range is not None and kind != "velocity":
             raise UserError("velocity_range is a setting of HalfCheetah-Velocity only")
         velocity_range = tuple(velocity_range or DEFAULT_VELOCITY_RANGE)
-        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in velocity_range)
+        numbers = all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in velocity_range
+        )
         if len(velocity_range) != 2 or not numbers or velocity_range[0] > velocity_range[1]:
-            raise UserError(f"velocity_range must be two numbers (low, high) with low <= high, not {velocity_range}")
+            raise UserError(
+                f"velocity_range must be two finite numbers (low, high) with low <= high, not {velocity_range}"
+            )
         self.kind = kind
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         self.obs_dim = obs_dim
@@ -167,6 +172,13 @@ class _Cheetah:
         if self.obs_dim == 20:
             parts.append(xpos[..., self.torso, :])
         return np.concatenate(parts, axis=-1)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count: under taskset or a
+    container's cpuset, more MuJoCo threads than cores contend with each other)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, every core
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 class _HalfCheetahEnv(gymnasium.Env):
@@ -256,6 +268,7 @@ class _HalfCheetahEnv(gymnasium.Env):
             "x_position": float(self.data.qpos[0]),
             "x_velocity": float(velocity),
             "reward_run": float(run),
+            "reward_forward": float(run),  # HalfCheetah-v5's name for the same term
             "reward_ctrl": -float(ctrl_cost),
         }
         return self._obs(), float(reward), False, self._t >= self.horizon, info
@@ -299,7 +312,9 @@ class _HalfCheetahBatch:
         self.obs_dim = obs_dim
         self.act_dim = self._cheetah.act_dim
         self.horizon = horizon
-        self.nthread = nthread or os.cpu_count() or 1
+        if nthread is not None and (isinstance(nthread, bool) or not isinstance(nthread, int) or nthread < 1):
+            raise UserError(f"HalfCheetah nthread must be a positive integer (unset: one per core), not {nthread!r}")
+        self.nthread = nthread or usable_cores()
         self._batch: Batch | None = None
         self.goals = np.zeros(0)
 

@@ -17,6 +17,15 @@ MAX_STEP = 0.1
 SUCCESS_RADIUS = 0.01
 
 
+def _check_settings(horizon: int, goal_range: float) -> None:
+    from metarl.errors import UserError
+
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise UserError(f"2D-Navigation horizon must be a positive integer, not {horizon!r}")
+    if isinstance(goal_range, bool) or not isinstance(goal_range, int | float) or not 0 < goal_range < float("inf"):
+        raise UserError(f"2D-Navigation goal_range must be a positive finite number, not {goal_range!r}")
+
+
 def sample_goals(n: int, rng: np.random.Generator, goal_range: float = 0.5) -> list[dict]:
     return [{"goal": g} for g in rng.uniform(-goal_range, goal_range, size=(n, 2))]
 
@@ -35,16 +44,21 @@ def _move(pos: np.ndarray, action: np.ndarray, goal: np.ndarray, rescale: bool):
 
 
 class Navigation2DEnv(gymnasium.Env):
-    """Single-environment reference implementation with the task API."""
+    """Single-environment reference implementation with the task API.
+
+    The task stays until `reset_task` (or `reset(options={"task": ...})`) changes it; the first
+    reset draws one from its seed if none was set (as HalfCheetah does).
+    """
 
     metadata = {"render_modes": []}
 
     def __init__(self, horizon: int = 100, goal_range: float = 0.5, action_rescale: bool = False) -> None:
+        _check_settings(horizon, goal_range)
         self.horizon, self.goal_range, self.action_rescale = horizon, goal_range, action_rescale
         bound = 1.0 if action_rescale else MAX_STEP
         self.action_space = spaces.Box(-bound, bound, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self._goal = np.zeros(2)
+        self._goal: np.ndarray | None = None
         self._pos = np.zeros(2)
         self._t = 0
 
@@ -58,6 +72,8 @@ class Navigation2DEnv(gymnasium.Env):
         super().reset(seed=seed)
         if options and "task" in options:
             self.reset_task(options["task"])
+        if self._goal is None:
+            self.reset_task(self.sample_tasks(1)[0])
         self._pos = np.zeros(2)
         self._t = 0
         return self._pos.astype(np.float32), {"task": {"goal": self._goal.copy()}}
@@ -78,6 +94,7 @@ class Navigation2DBatch:
     act_dim = 2
 
     def __init__(self, horizon: int = 100, goal_range: float = 0.5, action_rescale: bool = False) -> None:
+        _check_settings(horizon, goal_range)
         self.horizon, self.goal_range, self.action_rescale = horizon, goal_range, action_rescale
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[dict]:

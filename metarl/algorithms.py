@@ -168,9 +168,11 @@ class MetaLearner:
     def kl(self, old: tuple[Tensor, Tensor], mean: Tensor, std: Tensor, post: Episodes) -> Tensor:
         return task_mean(kl_divergence(old[0], old[1], mean, std), self.weights(post)).mean()
 
-    def step(self, pre: Episodes, post: Episodes) -> dict[str, float]:
-        """One outer update from pre- and post-adaptation episodes of the same tasks."""
-        pre_adv, post_adv = self.advantages(pre), self.advantages(post)
+    def step(self, pre: Episodes, post: Episodes, pre_adv: Tensor | None = None) -> dict[str, float]:
+        """One outer update from pre- and post-adaptation episodes of the same tasks (`pre_adv`: the
+        advantages of `pre` if already computed, as the sampler's inner step has)."""
+        pre_adv = self.advantages(pre) if pre_adv is None else pre_adv
+        post_adv = self.advantages(post)
         params = meta_parameters(self.policy)
         make = _AnalyticOuter if self.analytic is not None else _AutogradOuter
         problem = make(self, params, pre, pre_adv, post, post_adv)

@@ -153,7 +153,7 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
         t0 = time.perf_counter()
         for t in range(len(controls)):
             ctrl[:] = controls[t]
-            batch.step(nstep=5)
+            batch.step(nstep=engine._cheetah.frame_skip)
         return nsim * len(controls) / (time.perf_counter() - t0)
 
     def physics_replay() -> float:
@@ -230,9 +230,11 @@ class _Proxy:
 
 
 def run(args) -> dict[str, Any]:
-    threads = args.threads
+    threads = 1 if args.threads is None else args.threads
     if args.task and (args.env or args.what == "sampler"):
         raise UserError("--task names a classification benchmark of meta-step; --env an RL one: give one")
+    if args.what == "sampler" and args.threads is not None:
+        raise UserError("--threads sets torch threads for meta-step's updates; the sampler bench runs torch at 1")
     if args.what == "sampler":
         return sampler(args.env or "halfcheetah-vel", args.repeats)
     if args.task:

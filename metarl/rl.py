@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.func import functional_call
 
 import envs
@@ -80,22 +81,28 @@ class RLExperiment:
         self.learner = build_learner(config, self.policy)
         self.iterations = config["training"]["iterations"]
 
-    def sample_pair(self, tasks: list[dict]) -> tuple[Episodes, Episodes]:
-        """Pre-adaptation episodes, then episodes of the (first-order) adapted policies."""
+    def sample_pair(self, tasks: list[dict]) -> tuple[Episodes, Episodes, Tensor]:
+        """Pre-adaptation episodes, then episodes of the (first-order) adapted policies, and the
+        pre-adaptation advantages (the outer step reuses them rather than fitting the baseline again).
+
+        `last_adapt_s` times the baseline fit and that inner step: the `inner_update_s` of the metrics.
+        The outer step repeats the inner update differentiably (second order for MAML), inside
+        `outer_update_s`."""
         per_task = self.config["training"]["trajectories_per_task"]
         params = meta_parameters(self.policy)
         pre = sample(self.engine, self.policy, params, tasks, per_task, self.rng)
         t0 = time.perf_counter()
-        adapted = self.learner.adapt(params, pre, self.learner.advantages(pre), first_order=True)
+        pre_adv = self.learner.advantages(pre)
+        adapted = self.learner.adapt(params, pre, pre_adv, first_order=True)
         self.last_adapt_s = time.perf_counter() - t0
         post = sample(self.engine, self.policy, detached(adapted), tasks, per_task, self.rng)
-        return pre, post
+        return pre, post, pre_adv
 
     def iteration(self, it: int) -> dict[str, float]:
         tasks = self.engine.sample_tasks(self.config["training"]["meta_batch_size"], self.rng)
-        pre, post = self.sample_pair(tasks)
+        pre, post, pre_adv = self.sample_pair(tasks)
         t0 = time.perf_counter()
-        metrics = self.learner.step(pre, post)
+        metrics = self.learner.step(pre, post, pre_adv)
         outer_s = time.perf_counter() - t0
         seconds = pre.seconds + post.seconds
         metrics.update(

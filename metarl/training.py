@@ -62,7 +62,8 @@ def train(
         state0 = {"iteration": 0, "model": exp.state(), "rng": rng_state(rng)}
         run.save_checkpoint(state0, snapshot=logging["snapshot_every"] > 0)
     run.truncate_metrics(start)
-    writer = SummaryWriter(str(run.path / "tb"), purge_step=start if start else None)
+    # on resume, drop TensorBoard's points from `start` on (also at 0: a run killed before its first checkpoint)
+    writer = SummaryWriter(str(run.path / "tb"), purge_step=start if state is not None else None)
     rows = []
     bar = tqdm(
         range(start, exp.iterations),

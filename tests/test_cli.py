@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,21 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(sf[k], s2[k]) and torch.equal(sf[k], sp[k]) for k in sf)
     rows = [json.loads(x) for x in (part2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_resume_from_iteration_0_replaces_the_tensorboard_points(tmp_path):
+    """Killed before its first periodic checkpoint, a run resumes from its initial state at 0; TensorBoard must
+    then show each iteration once, as metrics.jsonl does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(tmp_path, iterations=2, extra=["logging.checkpoint_every=100", "logging.snapshot_every=100"])
+    shutil.copy(run / "snapshots" / "iter_000000.pt", run / "checkpoint.pt")  # as if killed during iteration 1
+    assert main(["train", "--resume", str(run), "--quiet", "--set", "training.iterations=3"]) == 0
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("return/pre_adaptation")] == [0, 1, 2]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
 
 
 def test_resume_refuses_changes_to_the_experiment(tmp_path, capsys):
@@ -236,6 +252,15 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[abc]"], "list of numbers")
     goal = ["train", cfg, "--out", fresh, "--set", "env.settings.goal_range=abc"]
     one_line_error(capsys, goal, "'env.settings.goal_range'", "float")
+    # values of the right type that the engine cannot take: refused when it is built, before any write
+    one_line_error(capsys, [*goal[:-1], "env.settings.goal_range=-1"], "goal_range", "positive finite")
+    hc_vel = str(ROOT / "configs/rl/halfcheetah_vel_anil.yaml")
+    for setting, needle in [
+        ("env.settings.velocity_range=[0, .nan]", "two finite numbers"),
+        ("env.settings.nthread=-3", "nthread"),
+        ("env.settings.nthread='2'", "nthread"),
+    ]:
+        one_line_error(capsys, ["train", hc_vel, "--out", fresh, "--set", setting], needle)
     assert not Path(fresh).exists()
     listed = ["--set", "adaptation.inner_lr=[0.1, 0.05]", "--set", "adaptation.inner_steps=2"]
     assert (
@@ -350,6 +375,7 @@ def test_bench_meta_step_json(capsys, monkeypatch):
     assert set(r["split"]["maml"]) >= {"sampling_s", "inner_update_s", "outer_update_s"}
     one_line_error(capsys, ["bench", "sampler", "--task", "omniglot-5w1s"], "give one")
     one_line_error(capsys, ["bench", "meta-step", "--env", "navigation2d", "--task", "omniglot-5w1s"], "give one")
+    one_line_error(capsys, ["bench", "sampler", "--threads", "2"], "--threads", "meta-step")
 
 
 def test_plot_writes_png(tmp_path):

@@ -69,6 +69,36 @@ def test_batch_matches_single_env_bit_for_bit(env_cls, batch_cls, tasks, obs_dim
     assert np.abs(obs[:, -1] - obs[:, 0]).max() > 0.5  # the cheetahs really moved
 
 
+@pytest.mark.parametrize(("env_cls", "batch_cls", "tasks"), FAMILIES)
+def test_a_reused_batch_from_drawn_states_matches_the_single_env_over_rllabs_full_horizon(env_cls, batch_cls, tasks):
+    """As the sampler uses it: one Batch reset again and again, initial states drawn from the rng, here with
+    the rllab variant's 200 steps of 0.01 s."""
+    per_task, horizon = 2, 200
+    nsim = len(tasks) * per_task
+    batch = batch_cls(horizon=horizon, nthread=2, **RLLAB)
+    env = env_cls(horizon=horizon, **RLLAB)
+    for episode in range(2):  # the second episode reuses the Batch the first one stepped
+        qpos, qvel = batch._cheetah.initial_state(nsim, np.random.default_rng(10 + episode))
+        obs = batch.reset(tasks, per_task, np.random.default_rng(10 + episode))
+        actions = np.random.default_rng(20 + episode).normal(0.0, 1.5, size=(horizon, nsim, 6))
+        trajectory, rewards = [obs], []
+        for t in range(horizon):
+            o, r, _ = batch.step(actions[t])
+            trajectory.append(o)
+            rewards.append(r)
+        trajectory, rewards = np.stack(trajectory, 1), np.stack(rewards, 1)
+        for i in range(nsim):
+            o, _ = env.reset(options={"task": tasks[i // per_task], "qpos": qpos[i], "qvel": qvel[i]})
+            single, single_rewards = [o], []
+            for t in range(horizon):
+                o, r, _, truncated, _ = env.step(actions[t, i])
+                single.append(o)
+                single_rewards.append(r)
+            assert truncated  # the horizon ends the episode
+            assert np.array_equal(trajectory[i], np.stack(single)), f"episode {episode}, sim {i}"
+            assert np.array_equal(rewards[i], np.array(single_rewards)), f"episode {episode}, sim {i}"
+
+
 def test_rllab_velocity_is_mujocos_subtree_com_velocity_and_leaves_the_dynamics_alone():
     qpos, qvel = _states(1, seed=11)
     state = {"task": {"direction": 1.0}, "qpos": qpos[0], "qvel": qvel[0]}
@@ -135,6 +165,7 @@ def test_single_env_matches_gymnasium_halfcheetah_v5():
         assert np.array_equal(o, o_ref)
         assert info["x_velocity"] == info_ref["x_velocity"]
         assert info["reward_ctrl"] == info_ref["reward_ctrl"]
+        assert info["reward_forward"] == info_ref["reward_forward"]  # direction +1: the run term is v5's
         assert r == r_ref and not terminated
     reference.close()
 

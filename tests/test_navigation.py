@@ -61,8 +61,18 @@ def test_task_sampling_is_uniform_in_the_square_and_seeded():
     assert goals.shape == (2000, 2)
     assert goals.min() >= -0.5 and goals.max() <= 0.5
     assert abs(goals.mean()) < 0.02 and goals.std() == pytest.approx(1 / np.sqrt(12), rel=0.05)
-    env.reset(seed=3)
-    assert np.array_equal(goals, np.stack([t["goal"] for t in env.sample_tasks(2000)]))
+    again = make()  # a fresh env: its first reset also draws its own goal, as this one's did
+    again.reset(seed=3)
+    assert np.array_equal(goals, np.stack([t["goal"] for t in again.sample_tasks(2000)]))
+
+
+def test_first_reset_draws_a_goal_from_the_seed_and_keeps_it():
+    a, b = make(), make()
+    goal = a.reset(seed=0)[1]["task"]["goal"]
+    assert np.array_equal(goal, b.reset(seed=0)[1]["task"]["goal"])
+    assert np.abs(goal).max() <= 0.5 and np.any(goal != 0)  # not the start position
+    assert not np.array_equal(goal, make().reset(seed=1)[1]["task"]["goal"])
+    assert np.array_equal(a.reset(seed=5)[1]["task"]["goal"], goal)  # the task persists across resets
 
 
 def test_batch_engine_matches_single_env_step_for_step():
@@ -87,3 +97,33 @@ def test_batch_engine_matches_single_env_step_for_step():
             np.testing.assert_allclose(obs[i], o, rtol=1e-6)
             assert reward[i] == r and terminated[i] == term
     assert isinstance(engine, Navigation2DBatch)
+
+
+@pytest.mark.parametrize("rescale", [False, True], ids=["clip", "rescale"])
+def test_batch_engine_matches_single_env_through_clipping_and_arrival(rescale):
+    """Steer at the goal with outputs well beyond the action bound: every step is clipped, and each
+    robot arrives (terminates) at its own step, which the engine and the single env must agree on."""
+    rng = np.random.default_rng(1)
+    engine = envs.make_batch_env("navigation2d", horizon=100, action_rescale=rescale)
+    tasks = engine.sample_tasks(4, rng)
+    obs = engine.reset(tasks, 2, rng)
+    singles = []
+    for task in tasks:
+        for _ in range(2):
+            env = make(action_rescale=rescale)
+            env.reset(options={"task": task})
+            singles.append(env)
+    gain = 10.0 if rescale else 1.0  # a step onto the goal, clipped to the bound while farther than one step
+    done = np.zeros(8, dtype=bool)
+    for _ in range(100):
+        goals = np.repeat(np.stack([t["goal"] for t in tasks]), 2, 0)
+        actions = gain * (goals - obs) + rng.normal(scale=1e-3, size=(8, 2))
+        obs, reward, terminated = engine.step(actions)
+        for i, env in enumerate(singles):
+            if done[i]:
+                continue
+            o, r, term, _, _ = env.step(actions[i])
+            np.testing.assert_allclose(obs[i], o, rtol=1e-6)
+            assert reward[i] == r and terminated[i] == term
+            done[i] = term
+    assert done.all()  # every robot arrived, each within the horizon

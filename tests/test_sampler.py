@@ -125,3 +125,29 @@ def test_policy_act_equals_distribution():
         torch.testing.assert_close(std, ref_std, rtol=0, atol=0)
     mean, std = policy.act(params, x[0])  # one parameter set on (N, obs)
     torch.testing.assert_close(mean, distribution(policy, params, x[0])[0], rtol=1e-6, atol=1e-6)
+
+
+def test_halfcheetah_episodes_replay_exactly_in_the_single_env():
+    """The sampler on the MuJoCo engine: each trajectory's recorded actions, replayed in the gymnasium env
+    from the state the sampler's rng drew, give the recorded observations and rewards bit for bit
+    (float64 policy, so that the recorded actions are the applied ones)."""
+    import copy
+
+    from envs.halfcheetah import HalfCheetahDirEnv
+
+    torch.manual_seed(0)
+    engine = envs.make_batch_env("halfcheetah-dir", horizon=15, nthread=1)
+    policy = GaussianMLPPolicy(engine.obs_dim, engine.act_dim, hidden_sizes=(8,), init_std=1.0).double()
+    tasks = [{"direction": 1.0}, {"direction": -1.0}]
+    rng = np.random.default_rng(3)
+    qpos, qvel = engine._cheetah.initial_state(4, copy.deepcopy(rng))  # the sampler's first draws
+    ep = sample(engine, policy, meta_parameters(policy), tasks, 2, rng)
+    assert ep.obs.dtype == torch.float64 and bool(ep.mask.all())  # HalfCheetah never terminates
+    env = HalfCheetahDirEnv(horizon=15)
+    for i in range(4):
+        t, n = divmod(i, 2)
+        o, _ = env.reset(options={"task": tasks[t], "qpos": qpos[i], "qvel": qvel[i]})
+        for h in range(15):
+            assert np.array_equal(ep.obs[t, n, h].numpy(), o)
+            o, r, _, _, _ = env.step(ep.actions[t, n, h].numpy())
+            assert ep.rewards[t, n, h].item() == r
