@@ -359,6 +359,12 @@ def load_miniimagenet(
     if (folder / csv_name).is_file() and (folder / "images").is_dir():
         rows = _read_split_csv(folder / csv_name)
         files = [folder / csv_name] + [folder / "images" / filename for filename, _ in rows]
+        missing = [path for path in files[1:] if not path.is_file()]
+        if missing:
+            raise UserError(
+                f"{folder / csv_name} lists {len(missing)} image(s) missing from {folder / 'images'}, e.g. "
+                f"{missing[0].name}; put the ImageNet JPEGs of the Ravi & Larochelle split there."
+            )
         return _cached(
             f"miniimagenet_{split}",
             files,
@@ -390,6 +396,7 @@ def _read_miniimagenet_pkl(path: Path) -> ClassImages:
         TypeError,
         ValueError,
         AttributeError,
+        ImportError,  # a pickle naming a module this Python lacks (numpy>=2's numpy._core under numpy 1.x)
     ) as error:
         raise UserError(
             f"{path} is not a MiniImageNet cache: expected a pickled dict with 'image_data' (N x 84 x 84 x 3 "
@@ -413,8 +420,11 @@ def _read_miniimagenet_pkl(path: Path) -> ClassImages:
 
 
 def _read_split_csv(path: Path) -> list[tuple[str, str]]:
-    with path.open(newline="") as f:
-        lines = list(csv.reader(f))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no header problem
+            lines = list(csv.reader(f))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not a UTF-8 text CSV ({error.reason} at byte {error.start}).") from None
     header_ok = bool(lines) and [cell.strip() for cell in lines[0]] == ["filename", "label"]
     if not header_ok or any(len(row) != 2 for row in lines[1:]):
         raise UserError(

@@ -35,13 +35,30 @@ from metarl.errors import UserError
 from metarl.runs import load_weights
 
 
-def load_splits(config: dict[str, Any], data_root: str | None = None) -> dict[str, ClassImages]:
-    """The 'train' and 'test' class sets of the configured dataset (missing data: UserError)."""
+def load_splits(
+    config: dict[str, Any], data_root: str | None = None, which: tuple[str, ...] = ("train", "test")
+) -> dict[str, ClassImages]:
+    """The 'train' and 'test' class sets of the configured dataset (missing data: UserError).
+
+    `which` names the sets needed: evaluation and analysis read only 'test', which spares MiniImageNet's
+    training file (0.8 GB unpickled); Omniglot's split is made from the whole set either way."""
     d = config["data"]
     root = data_root or d["root"]
     if d["dataset"] == "omniglot":
         return split_omniglot(load_omniglot(root), d["protocol"], d["split_seed"])
-    return {split: load_miniimagenet(root, split) for split in ("train", "test")}
+    return {split: load_miniimagenet(root, split) for split in which}
+
+
+def evaluation_sampler(config: dict[str, Any], test: ClassImages, seed: int, queries: int | None = None) -> TaskSampler:
+    """Test-split tasks as `evaluate` draws them (`queries` per class: the config's test_queries, else shots).
+    Training builds one too, so that task settings the test split cannot hold fail before a run, not after it."""
+    t = config["task"]
+    if queries is None:
+        queries = t["shots"] if t["test_queries"] is None else t["test_queries"]
+    try:
+        return TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed)
+    except ValueError as e:
+        raise UserError(f"task settings do not fit the test data: {e}") from None
 
 
 def rotates(config: dict[str, Any]) -> bool:
@@ -178,7 +195,9 @@ class ClassificationExperiment:
         torch.set_num_threads(config["training"]["torch_threads"])
         self.config = config
         t, a = config["task"], config["adaptation"]
-        train = (splits or load_splits(config))["train"]
+        splits = splits or load_splits(config)
+        train = splits["train"]
+        evaluation_sampler(config, splits["test"], seed=0)
         try:
             self.sampler = TaskSampler(
                 train, t["ways"], t["shots"], t["queries"], rotates(config), seed=int(rng.integers(2**62))
@@ -203,6 +222,16 @@ class ClassificationExperiment:
             a["loss_reduction"],
             t["shots"],
         )
+        head = set(self.model.adaptation_layers()[-1][1])
+        body_adapted = [n for n in self.learner.adapted if n not in head]
+        if config["model"]["batch_norm"] == "running" and a["inner_steps"] > 0 and body_adapted:
+            # one set of averages cannot serve both: adapting the body rescales its activations between
+            # the support passes and the query pass (30-400x on Omniglot), so evaluation's support passes
+            # would be normalised with the query pass's statistics
+            raise UserError(
+                f"model.batch_norm=running needs an inner loop that leaves the body alone; spec {a['spec']!r} "
+                f"adapts {body_adapted[0]} and more: use model.batch_norm=batch (Finn et al.'s setting) or spec head"
+            )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["training"]["outer_lr"])
         self.iterations = config["training"]["iterations"]
         self.meta_batch_size = config["training"]["meta_batch_size"]
@@ -297,12 +326,9 @@ def evaluate(
     """
     torch.set_num_threads(config["training"]["torch_threads"])
     t = config["task"]
-    test = (splits or load_splits(config, data_root))["test"]
-    queries = t["shots"] if t["test_queries"] is None else t["test_queries"]
-    try:
-        sampler = TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed)
-    except ValueError as e:
-        raise UserError(f"task settings do not fit the test data: {e}") from None
+    test = (splits or load_splits(config, data_root, ("test",)))["test"]
+    sampler = evaluation_sampler(config, test, seed)
+    queries = sampler.queries
     if regime(config) == "multiclass" and adapt != "nil":
         raise UserError(f"a multiclass-trained model has no {t['ways']}-way head: evaluate it with --adapt nil")
     model = trained_model(config, model_state, test)
@@ -352,19 +378,19 @@ ANALYSIS_QUERIES = 19  # per class (at most what the data holds): datapoints for
 
 def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, seed: int) -> Task:
     """Test-split tasks with `ANALYSIS_QUERIES` query images per class, the same for every model."""
-    t = config["task"]
-    test = load_splits(config, config["data"]["root"])["test"]
-    queries = min(ANALYSIS_QUERIES, test.images.shape[1] - t["shots"])
-    return TaskSampler(test, t["ways"], t["shots"], queries, rotates(config), seed=seed).sample_batch(tasks)
+    test = load_splits(config, config["data"]["root"], ("test",))["test"]
+    queries = min(ANALYSIS_QUERIES, test.images.shape[1] - config["task"]["shots"])
+    return evaluation_sampler(config, test, seed, queries).sample_batch(tasks)
 
 
 def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: str | None = None, adapt: bool = True):
     """Each layer's output on the probe's queries before and after the test-time inner loop (post None if not adapt)."""
     torch.set_num_threads(config["training"]["torch_threads"])
-    model = trained_model(config, state["model"]["model"], load_splits(config, config["data"]["root"])["test"])
+    test = load_splits(config, config["data"]["root"], ("test",))["test"]
+    model = trained_model(config, state["model"]["model"], test)
     params = {k: v.detach() for k, v in meta_parameters(model).items()}
     lrs = evaluation_step_sizes(config, config["evaluation"]["inner_steps"])
-    learner = evaluation_learner(config, model, spec or config["adaptation"]["spec"], lrs)
+    learner = evaluation_learner(config, model, config["adaptation"]["spec"] if spec is None else spec, lrs)
     as_lists = lambda d: {k: list(v.double().numpy()) for k, v in d.items()}  # noqa: E731
     with torch.no_grad():
         pre = as_lists(learner.run(params, probe.query_x, "layers"))

@@ -63,6 +63,8 @@ class AdaptationSpec:
                 )
             return [n for _, names in layers[k:] for n in names]
         names = self.text.split(",")
+        if len(set(names)) < len(names):
+            raise UserError(f"adaptation spec {self.text!r} names a parameter twice")
         known = dict(model.named_parameters())
         unknown = [n for n in names if n not in known]
         if unknown:

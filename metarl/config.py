@@ -132,8 +132,8 @@ def _check(value: Any, default: Any, key: str) -> Any:
         if not value or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
             raise UserError(f"config key {key!r} must be a number or a non-empty list of numbers, got {value!r}")
         return [_check_real(float(v), key) for v in value]
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # a real setting written as an integer: checked (range, finite) as the real it is
     return _check_real(value, key) if isinstance(value, float) else value
 
 
@@ -255,7 +255,7 @@ def _import_kind(kind: Any) -> None:
 def evaluation_options(config: dict[str, Any], args: Any) -> tuple[str, int, int, int]:
     """(adapt, inner_steps, tasks, seed): `metarl evaluate`'s options, else the config's evaluation section."""
     ev = config["evaluation"]
-    adapt = args.adapt or config["adaptation"]["spec"]
+    adapt = config["adaptation"]["spec"] if args.adapt is None else args.adapt
     inner_steps = ev["inner_steps"] if args.inner_steps is None else args.inner_steps
     tasks = ev["tasks"] if args.tasks is None else args.tasks
     seed = ev["seed"] if args.seed is None else args.seed

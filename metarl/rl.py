@@ -47,7 +47,7 @@ def build_learner(config: dict[str, Any], policy: GaussianMLPPolicy, spec: str |
     outer = OuterConfig(**{k: t[k] for k in OuterConfig.__dataclass_fields__})
     return MetaLearner(
         policy,
-        AdaptationSpec(spec or a["spec"]),
+        AdaptationSpec(a["spec"] if spec is None else spec),
         step_sizes(a["inner_lr"], a["inner_steps"]),
         a["first_order"],
         outer,

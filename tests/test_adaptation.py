@@ -33,7 +33,7 @@ def test_spec_resolution(policy):
     assert "log_std" not in names(policy, "full")
 
 
-@pytest.mark.parametrize("bad", ["freeze:x", "freeze:", "", " full", "freeze:9", "head.bogus"])
+@pytest.mark.parametrize("bad", ["freeze:x", "freeze:", "", " full", "freeze:9", "head.bogus", "head.bias,head.bias"])
 def test_bad_specs_are_user_errors(policy, bad):
     with pytest.raises(UserError):
         AdaptationSpec(bad).resolve(policy)

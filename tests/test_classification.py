@@ -226,16 +226,33 @@ def evaluate_json(run: Path, capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("regime", ["maml", "anil", "multiclass", "multitask", "niltrain"])
+@pytest.mark.parametrize("regime", ["anil", "multiclass", "multitask", "niltrain"])
 def test_every_regime_updates_running_batch_norm_statistics(tmp_path, regime):
     """With model.batch_norm=running, evaluation normalises with the averages training kept:
-    every training regime must update them, or they stay at mean 0, variance 1."""
+    every training regime must update them, or they stay at mean 0, variance 1. (MAML refuses running
+    statistics: test_running_batch_norm_refuses_an_inner_loop_that_adapts_the_body.)"""
     root = make_omniglot(tmp_path / "data")
     assert train(f"omniglot_5w1s_{regime}.yaml", tmp_path / "run", root, "model.batch_norm=running") == 0
     model = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]["model"]
     for layer in range(1, 5):
         assert model[f"norm{layer}.running_mean"].abs().max() > 0
         assert not torch.allclose(model[f"norm{layer}.running_var"], torch.ones(1))
+
+
+def test_running_batch_norm_refuses_an_inner_loop_that_adapts_the_body(tmp_path, capsys):
+    root = make_omniglot(tmp_path / "data")
+    assert train("omniglot_5w1s_maml.yaml", tmp_path / "a", root, "model.batch_norm=running") == 2
+    err = capsys.readouterr().err
+    assert "model.batch_norm=running" in err and "conv1.weight" in err and not (tmp_path / "a").exists()
+    running = "model.batch_norm=running"
+    assert train("omniglot_5w1s_anil.yaml", tmp_path / "b", root, running, "adaptation.spec=freeze:3") == 2
+    assert train("omniglot_5w1s_maml.yaml", tmp_path / "c", root, running, "adaptation.spec=head") == 0
+
+
+def test_task_settings_the_test_split_cannot_hold_fail_before_training(tmp_path, capsys):
+    root = make_omniglot(tmp_path / "data")
+    assert train("omniglot_5w1s_anil.yaml", tmp_path / "a", root, "task.test_queries=500") == 2
+    assert "do not fit the test data" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize("config", ["omniglot_5w1s_maml.yaml", "omniglot_20w1s_anil.yaml"])
@@ -269,7 +286,8 @@ def test_train_and_evaluate_miniimagenet(tmp_path, capsys):
     root = make_miniimagenet(tmp_path / "data")
     for algo in ("maml", "anil"):
         run = tmp_path / algo
-        assert train(f"miniimagenet_5w1s_{algo}.yaml", run, root, "task.queries=1", "model.batch_norm=running") == 0
+        norm = "model.batch_norm=" + ("running" if algo == "anil" else "batch")  # MAML refuses running averages
+        assert train(f"miniimagenet_5w1s_{algo}.yaml", run, root, "task.queries=1", norm) == 0
         for adapt in (None, "nil"):
             result = evaluate_json(run, capsys, *(["--adapt", adapt] if adapt else []), "--tasks", "3")
             assert result["adapt"] == (adapt or {"maml": "full", "anil": "head"}[algo])

@@ -471,7 +471,9 @@ def test_miniimagenet_pkl_and_csv_give_identical_tensors(tmp_path):
 def test_miniimagenet_unequal_counts_are_cut_with_a_warning(tmp_path):
     folder = tmp_path / "miniimagenet"
     rows = _mini_images(folder, {"a": 3, "b": 2}, [(84, 84)])
-    (folder / "test.csv").write_text("filename,label\n" + "".join(f"{f},{label}\n" for f, label in rows))
+    # written with a byte-order mark, as some editors save UTF-8
+    text = "filename,label\n" + "".join(f"{f},{label}\n" for f, label in rows)
+    (folder / "test.csv").write_text(text, encoding="utf-8-sig")
     with pytest.warns(UserWarning, match="first 2"):
         loaded = load_miniimagenet(tmp_path, "test", cache=False)
     assert loaded.images.shape == (2, 2, 3, 84, 84)
@@ -485,6 +487,8 @@ def test_miniimagenet_unequal_counts_are_cut_with_a_warning(tmp_path):
         pickle.dumps({"image_data": np.zeros((2, 84, 84, 3), np.uint8), "class_dict": {"a": [5]}}),
         pickle.dumps([1, 2, 3]),
         b"garbage",
+        # a pickle that imports a module this Python lacks (as numpy>=2's numpy._core under numpy 1.x)
+        b"cno_such_module_metarl\nthing\n.",
     ],
 )
 def test_malformed_miniimagenet_pkl_is_a_user_error(tmp_path, content):
@@ -504,6 +508,11 @@ def test_miniimagenet_missing_or_bad_csv_is_a_user_error(tmp_path):
         load_miniimagenet(tmp_path, "train", cache=False)
     (tmp_path / "miniimagenet" / "train.csv").write_text("filename,label\nmissing.jpg,n01\n")
     with pytest.raises(UserError, match="missing.jpg"):
+        load_miniimagenet(tmp_path, "train", cache=False)
+    with pytest.raises(UserError, match="1 image.* missing.*missing.jpg"):  # with the cache: before hashing files
+        load_miniimagenet(tmp_path, "train", cache_dir=tmp_path / "cache")
+    (tmp_path / "miniimagenet" / "train.csv").write_bytes(b"filename,label\n\xff\xfe.jpg,n01\n")
+    with pytest.raises(UserError, match="not a UTF-8"):
         load_miniimagenet(tmp_path, "train", cache=False)
     with pytest.raises(UserError, match="split"):
         load_miniimagenet(tmp_path, "validation")

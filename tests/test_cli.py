@@ -148,6 +148,8 @@ def test_resume_refuses_changes_to_the_experiment(tmp_path, capsys):
     longer = train(tmp_path, "longer", iterations=2)
     capsys.readouterr()
     one_line_error(capsys, ["train", "--resume", str(longer), "--set", "training.iterations=1"], "at iteration 2")
+    one_line_error(capsys, ["evaluate", str(run), "--adapt", ""], "empty")  # not the run's own spec
+    one_line_error(capsys, ["evaluate", str(run), "--adapt", "head.bias,head.bias"], "twice")
     with pytest.raises(SystemExit) as e:  # a bad count on the command line is a usage error
         main(["evaluate", str(run), "--tasks", "0"])
     assert e.value.code == 2 and "--tasks: must be >= 1" in capsys.readouterr().err
@@ -250,6 +252,7 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "adaptation.inner_lr=[0.1, -1]"], ">= 0")
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[]"], "non-empty list")
     one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=[abc]"], "list of numbers")
+    one_line_error(capsys, ["train", cfg, "--out", fresh, "--set", "evaluation.inner_lr=-1"], ">= 0")  # an int too
     goal = ["train", cfg, "--out", fresh, "--set", "env.settings.goal_range=abc"]
     one_line_error(capsys, goal, "'env.settings.goal_range'", "float")
     # values of the right type that the engine cannot take: refused when it is built, before any write
