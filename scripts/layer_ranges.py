@@ -4,7 +4,8 @@
 Reads adaptation_similarity.json files (one policy or model each) and prints one row per file
 (CCA and CKA per layer, the return before and after adaptation where recorded), then, per
 measure, the range over all files of the body layers and of the head, and in how many files
-the head is below every body layer. The README's RL similarity summary comes from this.
+the head is below every body layer (for the relative change, which grows with change: above).
+The README's RL similarity summary comes from this.
 
 Usage: .venv/bin/python scripts/layer_ranges.py DIR_OR_JSON... [--head head]
 """
@@ -41,3 +42,14 @@ for m in MEASURES:
         f"{m.upper()}: body {min(body):.3f}-{max(body):.3f}, head {min(head):.3f}-{max(head):.3f}; "
         f"head below every body layer in {lowest} of {len(tables)}"
     )
+m = "relative_change"  # ||after - before|| / spread: blind to nothing, so the head's shift counts
+body = [row[m] for r in tables.values() for layer, row in r["layers"].items() if layer != args.head]
+head = [r["layers"][args.head][m] for r in tables.values()]
+highest = sum(
+    r["layers"][args.head][m] > max(row[m] for layer, row in r["layers"].items() if layer != args.head)
+    for r in tables.values()
+)
+print(
+    f"change: body {min(body):.3f}-{max(body):.3f}, head {min(head):.3f}-{max(head):.3f}; "
+    f"head above every body layer in {highest} of {len(tables)}"
+)
