@@ -59,9 +59,13 @@ if [[ $what == halfcheetah || $what == all ]]; then
       train hc_dir_${m}_rllab_s$s configs/rl/halfcheetah_dir_${m}_rllab.yaml --seed $s --set env.settings.nthread=1
     done
   done
-  # rllab's clip of the baseline's observations, for a seed that stalled without it
-  train hc_dir_anil_rllab_s2_clip10 configs/rl/halfcheetah_dir_anil_rllab.yaml --seed 2 --set env.settings.nthread=1 \
-    --set training.baseline_clip_obs=10
+  # rllab's clip of the baseline's observations, for the two seeds that stalled without it
+  for s in 2 1; do
+    train hc_dir_anil_rllab_s${s}_clip10 configs/rl/halfcheetah_dir_anil_rllab.yaml --seed $s --set env.settings.nthread=1 \
+      --set training.baseline_clip_obs=10
+  done
+  # a fifth ANIL seed in the rllab setting
+  train hc_dir_anil_rllab_s4 configs/rl/halfcheetah_dir_anil_rllab.yaml --seed 4 --set env.settings.nthread=1
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps

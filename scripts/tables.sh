@@ -72,10 +72,10 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   done
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
-  table hc_dir_anil_rllab_s2_clip10 metarl evaluate $R/hc_dir_anil_rllab_s2_clip10 "${E[@]}"
+  for s in 2 1; do table hc_dir_anil_rllab_s${s}_clip10 metarl evaluate $R/hc_dir_anil_rllab_s${s}_clip10 "${E[@]}"; done
   by_task_tables $R/hc_dir_{anil,maml}_rllab_s?
   # torso pitch before and after one step: do stalled runs run on their backs? (they do not)
-  table hc_dir_posture py scripts/posture.py $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s2_clip10 \
+  table hc_dir_posture py scripts/posture.py $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{2,1}_clip10 \
     $R/hc_dir_{anil,maml}_s0
   # which layer the inner loop changes most, over every HalfCheetah MAML policy (reads metarl analyze's
   # JSON in results/analysis/, made by scripts/paper_runs.sh halfcheetah)
