@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -18,13 +19,13 @@ CURVES = {
 }
 
 
-def smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+def smooth(values: list[float | None], window: int) -> list[float]:
+    """Trailing moving average over `window` points; missing or non-finite values are skipped, so
+    one bad iteration leaves a gap of at most `window` points instead of poisoning the curve after it."""
+    out = []
+    for i in range(len(values)):
+        kept = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None and math.isfinite(v)]
+        out.append(sum(kept) / len(kept) if kept else math.nan)
     return out
 
 
@@ -39,18 +40,20 @@ def plot_runs(
     `ylim` zooms in past the first iterations' much lower returns."""
     many = len(runs) > 4  # then the legend goes beside the panel, where it hides no curve
     fig, ax = plt.subplots(figsize=(10, 4.2) if many else (7, 4.2), dpi=120)
-    ylabel = "average return"
-    for n, path in enumerate(runs):
-        run = RunDir.open(path)
+    opened = [RunDir.open(path) for path in runs]
+    kinds = {run.config()["kind"] for run in opened}
+    if len(kinds) > 1:
+        raise UserError("plot RL runs (returns) and classification runs (accuracy) separately: one y-axis each")
+    ylabel = "query accuracy" if kinds == {"classification"} else "average return"
+    for n, (path, run) in enumerate(zip(runs, opened, strict=True)):
         kind = run.config()["kind"]
         rows = run.metrics()
         if not rows:
             raise UserError(f"run {path!r} has no metrics yet")
-        if kind == "classification":
-            ylabel = "query accuracy"
         for i, (key, label) in enumerate(CURVES[kind]):
-            kept = [r for r in rows if key in r and "iteration" in r]
-            xs, ys = [r["iteration"] for r in kept], smooth([r[key] for r in kept], window)
+            kept = [r for r in rows if key in r and isinstance(r.get("iteration"), int)]
+            values = [r[key] if isinstance(r[key], int | float) else None for r in kept]
+            xs, ys = [r["iteration"] for r in kept], smooth(values, window)
             style = {"color": f"C{n}", "linestyle": "--" if i == 0 else "-", "alpha": 0.6 if i == 0 else 1.0}
             ax.plot(xs, ys, label=f"{run.path.name}: {label}", **style)
     ax.set_xlabel("meta-iteration")

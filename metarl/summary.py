@@ -2,7 +2,8 @@
 
 Each run is evaluated with the same options, once per `--adapt` spec given (so one table
 can set head-only against full adaptation, or a freezing ladder, side by side). Runs are
-grouped by method and test-time spec; each group reports mean +- std over its seeds, the
+grouped by method and test-time spec (runs of one method whose configs differ beyond seed and
+budget form separate groups, named after their first run); each group reports mean +- std over its seeds, the
 mean of the seeds' own 95% intervals over test tasks, and the wall-clock time of training
 (sum of `iteration_s` in metrics.jsonl).
 """
@@ -10,9 +11,12 @@ mean of the seeds' own 95% intervals over test tasks, and the wall-clock time of
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import statistics
 from typing import Any
 
+from metarl.errors import UserError
 from metarl.runs import RunDir
 
 METHODS = {"full": "MAML", "head": "ANIL", "none": "no inner loop"}
@@ -32,6 +36,31 @@ def _group_key(config: dict[str, Any]) -> str:
     return f"{config['data']['dataset']} {task['ways']}w{task['shots']}s {method}"
 
 
+# settings that do not change what a run learns: left out when telling seeds of one experiment from
+# different experiments (runs resumed for longer, or with other thread counts, are still seeds of one)
+_NOT_THE_EXPERIMENT = [
+    ("seed",),
+    ("logging",),
+    ("evaluation",),
+    ("training", "iterations"),
+    ("training", "torch_threads"),
+    ("env", "settings", "nthread"),
+    ("data", "root"),
+]
+
+
+def _experiment(config: dict[str, Any]) -> str:
+    """The config without seed, budget and machine settings, as canonical JSON."""
+    c = copy.deepcopy(config)
+    for path in _NOT_THE_EXPERIMENT:
+        d = c
+        for key in path[:-1]:
+            d = d.get(key, {})
+        if isinstance(d, dict):
+            d.pop(path[-1], None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
 def _mean_std(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.1f}"
@@ -42,17 +71,30 @@ def summarize(paths: list[str], evaluate_args: argparse.Namespace, kind_module) 
     """Groups keyed by 'method | test-time spec', each a list of per-run evaluation results."""
     groups: dict[str, list[dict[str, Any]]] = {}
     adapts = evaluate_args.adapt if isinstance(evaluate_args.adapt, list) else [evaluate_args.adapt]
-    for path in paths:
-        run = RunDir.open(path)
+    runs = [RunDir.open(path) for path in paths]
+    seen = [str(run.path.resolve()) for run in runs]
+    if len(set(seen)) < len(seen):
+        twice = next(path for path, r in zip(paths, seen, strict=True) if seen.count(r) > 1)
+        raise UserError(f"run {twice!r} is given twice; each run counts once, as one seed")
+    # runs of one method whose configs differ beyond seed and budget are different experiments, not seeds
+    labels: dict[str, dict[str, str]] = {}
+    for run in runs:
+        config = run.config()
+        labels.setdefault(_group_key(config), {}).setdefault(_experiment(config), run.path.name)
+    for run in runs:
         config = run.config()
         state = run.load_checkpoint()
-        train_seconds = sum(r.get("iteration_s", 0.0) for r in run.metrics())
+        rows = run.metrics()
+        train_seconds = sum(r.get("iteration_s", 0.0) for r in rows) if rows else None
+        label = _group_key(config)
+        if len(labels[label]) > 1:
+            label = f"{label} ({labels[label][_experiment(config)]})"
         for adapt in adapts:
             args = argparse.Namespace(**{**vars(evaluate_args), "adapt": adapt})
             result = kind_module(config["kind"]).evaluate_run(config, state, args)
             result.update(run=str(run.path), seed=config["seed"], iteration=state["iteration"])
             result["train_seconds"] = train_seconds
-            groups.setdefault(f"{_group_key(config)} | {result['adapt']}", []).append(result)
+            groups.setdefault(f"{label} | {result['adapt']}", []).append(result)
     return groups
 
 
@@ -68,7 +110,8 @@ def _table(groups: dict[str, list[dict[str, Any]]], returns: bool) -> str:
     for name, results in groups.items():
         method, adapt = name.split(" | ")
         seeds = ",".join(str(r["seed"]) for r in results)
-        minutes = _mean_std([r["train_seconds"] / 60 for r in results])
+        timed = [r["train_seconds"] / 60 for r in results if r["train_seconds"] is not None]
+        minutes = _mean_std(timed) if timed else "-"  # no metrics.jsonl: no training time to report
         iters = ",".join(sorted({str(r["iteration"]) for r in results}))
         if returns:
             per_seed = [r["returns"][-1] for r in results]

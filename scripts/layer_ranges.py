@@ -21,35 +21,48 @@ args = parser.parse_args()
 
 MEASURES = ("cca", "cka")
 files = [p / "adaptation_similarity.json" if p.is_dir() else p for p in args.results]
-tables = {str(f.parent.name): json.loads(f.read_text()) for f in files}
+# named by folder, or by the run's folder for `metarl analyze RUN`'s default RUN/analysis (full path if still ambiguous)
+names = [f.parent.parent.name if f.parent.name == "analysis" else f.parent.name for f in files]
+names = [n if names.count(n) == 1 else str(f.parent) for n, f in zip(names, files, strict=True)]
+if len(set(names)) < len(names):
+    raise SystemExit("layer_ranges.py: a result is given twice")
+tables = {n: json.loads(f.read_text()) for n, f in zip(names, files, strict=True)}
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # null: a layer constant on every task (metarl analyze)
+
+
+def defined(values: list) -> list[float]:
+    return [v for v in values if v is not None]
+
 
 print("| analysis | steps | " + " | ".join(f"{m.upper()} per layer" for m in MEASURES) + " | return before → after |")
 print("|---|---|" + "---|" * len(MEASURES) + "---|")
 for name, r in tables.items():
-    cells = [" / ".join(f"{row[m]:.3f}" for row in r["layers"].values()) for m in MEASURES]
+    cells = [" / ".join(fmt(row[m]) for row in r["layers"].values()) for m in MEASURES]
     ret = f"{r['returns'][0]:.1f} → {r['returns'][-1]:.1f}" if "returns" in r else ""
     print(f"| {name} | {r.get('inner_steps', '')} | " + " | ".join(cells) + f" | {ret} |")
 
 print()
-for m in MEASURES:
-    body = [row[m] for r in tables.values() for layer, row in r["layers"].items() if layer != args.head]
-    head = [r["layers"][args.head][m] for r in tables.values()]
-    lowest = sum(
-        r["layers"][args.head][m] < min(row[m] for layer, row in r["layers"].items() if layer != args.head)
-        for r in tables.values()
-    )
+
+
+def summary(m: str, label: str, below: bool) -> None:
+    """Ranges of body and head, and in how many results the head is below (above) every body layer."""
+    body = defined([row[m] for r in tables.values() for layer, row in r["layers"].items() if layer != args.head])
+    head = defined([r["layers"][args.head][m] for r in tables.values()])
+    count = 0
+    for r in tables.values():
+        h = r["layers"][args.head][m]
+        b = defined([row[m] for layer, row in r["layers"].items() if layer != args.head])
+        if h is not None and b:
+            count += h < min(b) if below else h > max(b)
     print(
-        f"{m.upper()}: body {min(body):.3f}-{max(body):.3f}, head {min(head):.3f}-{max(head):.3f}; "
-        f"head below every body layer in {lowest} of {len(tables)}"
+        f"{label}: body {min(body):.3f}-{max(body):.3f}, head {min(head):.3f}-{max(head):.3f}; "
+        f"head {'below' if below else 'above'} every body layer in {count} of {len(tables)}"
     )
-m = "relative_change"  # ||after - before|| / spread: blind to nothing, so the head's shift counts
-body = [row[m] for r in tables.values() for layer, row in r["layers"].items() if layer != args.head]
-head = [r["layers"][args.head][m] for r in tables.values()]
-highest = sum(
-    r["layers"][args.head][m] > max(row[m] for layer, row in r["layers"].items() if layer != args.head)
-    for r in tables.values()
-)
-print(
-    f"change: body {min(body):.3f}-{max(body):.3f}, head {min(head):.3f}-{max(head):.3f}; "
-    f"head above every body layer in {highest} of {len(tables)}"
-)
+
+
+for m in MEASURES:
+    summary(m, m.upper(), below=True)
+summary("relative_change", "change", below=False)  # ||after - before|| / spread: sees shifts, so the head's counts

@@ -8,18 +8,24 @@
 # (rllab: only the HalfCheetah tables of Finn et al.'s rllab setting, which halfcheetah includes)
 # (METARL_DATA: the folder holding omniglot/, default ../shared/data)
 set -euo pipefail
+shopt -s nullglob  # a pattern that matches nothing is an error below, not a literal path
+cd "$(dirname "$0")/.."  # every path here is relative to the repository root
 what=${1:-all}
 R=${2:-results/runs}
 OUT=results/tables
 DATA=${METARL_DATA:-../shared/data}
 E=(--tasks 40 --inner-steps 1)  # RL: the paper's 40 test tasks, one inner step
-O=(--data-root $DATA)  # classification
+O=(--data-root "$DATA")  # classification
 mkdir -p $OUT
 
-table() {  # table NAME COMMAND...: run it, print and keep its output (command first)
+table() {  # table NAME COMMAND...: run it, print and keep its output (command first); a failure keeps the old file
   local name=$1; shift
   echo "== $name: $*"
-  { echo "\$ $*"; "$@"; } > "$OUT/$name.txt.tmp"
+  if ! { echo "\$ $*"; "$@"; } > "$OUT/$name.txt.tmp"; then
+    rm -f "$OUT/$name.txt.tmp"
+    echo "tables.sh: $name failed; $OUT/$name.txt is unchanged" >&2
+    return 1
+  fi
   mv "$OUT/$name.txt.tmp" "$OUT/$name.txt"
   cat "$OUT/$name.txt"
 }
@@ -103,10 +109,12 @@ if [[ $what == omniglot || $what == all ]]; then
 fi
 
 if [[ $what == trends || ($what == all && -d $R/cls_omni5_anil_s0/snapshots) ]]; then
-  snapshots() {  # snapshots RUN ADAPT: one evaluation per snapshot
-    local run=$R/$1
-    for snap in "$run"/snapshots/iter_*.pt; do
-      echo "$(basename "$snap" .pt): $(metarl evaluate "$run" "${O[@]}" --adapt "$2" --checkpoint "$snap" --json |
+  snapshots() {  # snapshots RUN ADAPT: one evaluation per snapshot (the run directory must still hold them)
+    local run=$R/$1 snaps=("$R/$1"/snapshots/iter_*.pt) result
+    if [ ${#snaps[@]} -eq 0 ]; then echo "no snapshots in $run/snapshots (not kept in results/runs)" >&2; return 1; fi
+    for snap in "${snaps[@]}"; do
+      result=$(metarl evaluate "$run" "${O[@]}" --adapt "$2" --checkpoint "$snap" --json) || return 1
+      echo "$(basename "$snap" .pt): $(echo "$result" |
         py -c 'import json,sys; r=json.load(sys.stdin); print("%.1f +- %.1f" % (100 * r["accuracy"], 100 * r["ci95"]))')"
     done
   }

@@ -392,6 +392,27 @@ def test_plot_writes_png(tmp_path):
     assert main(["plot", str(run), "--out", str(tmp_path / "curves")]) == 2  # matplotlib would add .png unasked
 
 
+def test_plot_survives_missing_values_and_refuses_mixed_kinds(tmp_path, capsys):
+    from metarl.plots import smooth
+
+    assert smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
+    nan = float("nan")
+    assert smooth([1.0, nan, 1.0, 1.0, None, 1.0], 2) == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # no NaN spreads
+    run = train(tmp_path, iterations=3)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[1]["post_return"] = None  # as a NaN is written to JSON
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    cls = tmp_path / "cls"
+    cls.mkdir()
+    import classification.config  # noqa: F401  (registers the classification schema)
+    from metarl.config import DEFAULTS
+
+    (cls / "config.yaml").write_text(yaml.safe_dump(DEFAULTS["classification"]))
+    capsys.readouterr()
+    one_line_error(capsys, ["plot", str(run), str(cls), "--out", str(tmp_path / "m.png")], "separately")
+
+
 def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     a = train(
         tmp_path, "a", iterations=2, extra=["logging.snapshot_every=1"], config="configs/rl/navigation2d_maml.yaml"
@@ -463,6 +484,23 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     assert "| navigation2d ANIL | head | 0,1 | 1 |" in table and "±" in table
     posts = ", ".join(f"{r['returns'][-1]:.1f}" for r in groups["navigation2d ANIL | head"])
     assert f"| {posts} |" in table  # each seed's own after-adaptation return
+
+
+def test_summarize_keeps_different_experiments_apart(tmp_path, capsys):
+    """Seeds of one config average together; a run of the same method with another setting is not a seed."""
+    runs = [train(tmp_path, f"s{s}", iterations=1, extra=[f"seed={s}"]) for s in (0, 1)]
+    other = train(tmp_path, "lr", iterations=1, extra=["adaptation.inner_lr=0.5"])
+    longer = train(tmp_path, "s2", iterations=2, extra=["seed=2"])  # a longer budget is still a seed
+    (longer / "metrics.jsonl").unlink()  # and one without training records reports no time
+    capsys.readouterr()
+    assert main(["summarize", *map(str, [*runs, other, longer]), "--tasks", "3", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert list(groups) == ["navigation2d ANIL (s0) | head", "navigation2d ANIL (lr) | head"]
+    assert [r["seed"] for r in groups["navigation2d ANIL (s0) | head"]] == [0, 1, 2]
+    assert groups["navigation2d ANIL (s0) | head"][2]["train_seconds"] is None
+    assert main(["summarize", str(other), str(longer), "--tasks", "3"]) == 0
+    assert "| navigation2d ANIL (s2) | head | 2 | 2 |" in capsys.readouterr().out  # time: '-'
+    one_line_error(capsys, ["summarize", str(other), str(tmp_path / "lr" / "."), "--tasks", "3"], "given twice")
 
 
 def test_summarize_mixed_kinds_gives_one_table_each():
