@@ -3,18 +3,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-RUN ?= runs/navigation2d_anil
 CONFIG ?= configs/rl/navigation2d_anil.yaml
+RUN ?= runs/$(basename $(notdir $(CONFIG)))
+TORCH ?= torch==2.13.0
 
 .PHONY: setup run test lint clean
 
 setup: $(VENV)/.installed
 
-# torch is pinned here (the CPU wheel of these machines); the package itself accepts a range.
+# torch is pinned here (the CPU wheel of these machines; `make TORCH=torch==X` elsewhere); the package accepts a range.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -37,7 +37,9 @@ from classification.data import (
 from classification.download import download_file, download_omniglot
 from metarl.errors import UserError
 
-SHARED_OMNIGLOT = Path("/work/shared/data/omniglot")
+# the shared data beside the repository (as CI lays it out: ../shared), or $METARL_DATA
+SHARED_DATA = os.environ.get("METARL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_OMNIGLOT = Path(SHARED_DATA) / "omniglot"
 TINY = {"images_background": 3, "images_evaluation": 2}  # characters per set in the generated data
 DRAWERS = 20
 
@@ -107,8 +109,8 @@ def tiny_omniglot(tmp_path_factory) -> dict[str, Path]:
 def shared_small_zip(tmp_path_factory) -> Path:
     """A data root whose images_background.zip is the official 5-alphabet archive (skip if absent)."""
     small = SHARED_OMNIGLOT / "images_background_small1.zip"
-    if not small.is_file():
-        pytest.skip("shared Omniglot data not available")
+    if not (small.is_file() and (SHARED_OMNIGLOT / "images_background.npz").is_file()):
+        pytest.skip(f"shared Omniglot data not available in {SHARED_OMNIGLOT}")
     root = tmp_path_factory.mktemp("small")
     (root / "omniglot").mkdir()
     (root / "omniglot" / "images_background.zip").symlink_to(small)
