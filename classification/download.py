@@ -9,7 +9,7 @@ Checksums. The official archives could not be fetched while writing this module,
 is stated here. What *is* known are the MD5 digests that torchvision publishes for the very same
 files at the very same address (`torchvision.datasets.Omniglot.zips_md5`); they are the default table.
 Digests are written as "<algorithm>:<hex>" so a user can pin a SHA-256 instead (`checksums=`); the
-SHA-256 of every downloaded file is logged at INFO so it can be pinned after a first download.
+SHA-256 of every downloaded file is logged at INFO (`metarl data download` prints it) so it can be pinned.
 """
 
 from __future__ import annotations
@@ -55,10 +55,18 @@ def download_omniglot(
     for name in OMNIGLOT_ARCHIVES:
         path = target / name
         expected = table.get(name)
-        if path.is_file() and (expected is None or _digest_file(path, expected) == _hex(expected)):
+        present = path.is_file()
+        if present and (expected is None or _digest_file(path, expected) == _hex(expected)):
             log.info("%s already present", path)
-        else:
+            paths.append(path)
+            continue
+        try:
             download_file(base_url.rstrip("/") + "/" + name, path, expected, timeout)
+        except UserError as error:
+            if not present:
+                raise
+            stale = f"(The {name} already there does not match {expected}; it was left as it is.)"
+            raise UserError(f"{error} {stale}") from None
         paths.append(path)
     return paths
 
@@ -77,11 +85,13 @@ def download_file(url: str, path: Path, expected: str | None = None, timeout: fl
                 sha256.update(chunk)
                 if check is not None:
                     check.update(chunk)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the rename makes it visible
         if check is not None and check.hexdigest() != _hex(expected):
             raise UserError(
                 f"Checksum mismatch for {url}: expected {expected}, got {algorithm}:{check.hexdigest()}. "
                 f"The download is corrupt or the file changed upstream; nothing was written to {path}. "
-                f"Download it by hand and put it at {path}, or pass checksums={{'{path.name}': None}}."
+                f"Download it by hand and put it at {path} (the loaders read it from there without this check)."
             )
         os.replace(tmp, path)
     except (OSError, http.client.HTTPException) as error:  # URLError and HTTPError are OSErrors

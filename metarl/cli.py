@@ -342,7 +342,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    import logging
+
     from classification.download import download_omniglot
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # each file's SHA-256, to pin it
 
     for path in download_omniglot(args.data_root):
         print(path)

@@ -5,14 +5,18 @@
 # Two of these in parallel suit a 2-core machine (give HalfCheetah 1 MuJoCo thread each).
 # Usage: scripts/paper_runs.sh [nav|halfcheetah|omniglot|all] [RUNS_DIR]
 set -euo pipefail
+cd "$(dirname "$0")/.."  # every path here is relative to the repository root
 what=${1:-all}
 RUNS=${2:-runs}
 DATA=${METARL_DATA:-../shared/data}
 metarl() { .venv/bin/metarl "$@"; }
 
-train() {  # train NAME CONFIG [options...]
-  local out=$RUNS/$1; shift
-  if [ -f "$out/config.yaml" ]; then metarl train --resume "$out" --quiet
+train() {  # train NAME CONFIG [options...]; a resume keeps only --data-root (where the data lies now)
+  local out=$RUNS/$1 extra=() prev=
+  shift
+  if [ -f "$out/config.yaml" ]; then
+    for arg in "$@"; do [ "$prev" = --data-root ] && extra=(--data-root "$arg"); prev=$arg; done
+    metarl train --resume "$out" --quiet "${extra[@]}"
   else metarl train "$@" --out "$out" --quiet; fi
 }
 
@@ -33,6 +37,9 @@ if [[ $what == nav || $what == all ]]; then
   train nav_anil_s2_fixedstd configs/rl/navigation2d_anil.yaml --seed 2 \
     --set env.settings.action_rescale=false --set policy.adapt_log_std=false
   scripts/tables.sh nav $RUNS
+  metarl plot $RUNS/nav_{anil,maml}_s{0,1,2} --window 20 --ylim -60 -5 --out results/figures/navigation2d_curves.png
+  metarl plot $RUNS/nav_{anil,maml}_s{0,1,2}_clip --window 20 --ylim -60 -5 --out results/figures/navigation2d_clip_curves.png \
+    --title "2D-Navigation, default action semantics (raw output clipped to +-0.1), seeds 0-2"
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then

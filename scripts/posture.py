@@ -49,7 +49,8 @@ for p in args.paths:
     values = np.array([float(np.asarray(t[key])) for t in task_list])
     name = f"{run.path.name}@{state['iteration']}"
     for stage, ep in zip(["before", "after"], episodes, strict=True):
-        pitch = ep.obs[..., 1].abs()  # (T, N, H)
+        # wrapped to [-pi, pi]: a cheetah that turned full circle is upright again
+        pitch = (torch.remainder(ep.obs[..., 1] + math.pi, 2 * math.pi) - math.pi).abs()
         mask = ep.mask
         returns = ep.returns().mean(1)
         for v in sorted(set(values.tolist())):

@@ -22,9 +22,12 @@ for run in args.runs:
     by_iteration = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        by_iteration[record["iteration"]] = record[args.key]  # a resumed iteration counts once
+        if isinstance(record.get(args.key), int | float):  # null: a non-finite value that was logged
+            by_iteration[record["iteration"]] = record[args.key]  # a resumed iteration counts once
     rows[run.name] = by_iteration
-last = max(max(r) for r in rows.values())
+if not any(rows.values()):
+    raise SystemExit("window_means.py: no metrics rows in any of these runs")
+last = max(max(r) for r in rows.values() if r)
 starts = range(0, last + 1, args.width)
 print(f"{args.key}, mean over iterations [start, start + {args.width}); '-' where a run has none")
 print(f"{'run':<28}" + "".join(f"{s:>8}" for s in starts))

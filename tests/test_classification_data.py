@@ -607,3 +607,13 @@ def test_download_http_error_is_a_user_error(server, tmp_path):
         download_file(base_url + "images_evaluation.zip", tmp_path / "out" / "images_evaluation.zip")
     assert "404" in str(error.value)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_present_file_that_fails_its_checksum_is_named_when_the_download_fails(tmp_path):
+    target = tmp_path / "data" / "omniglot"
+    target.mkdir(parents=True)
+    (target / "images_background.zip").write_bytes(b"junk")
+    with pytest.raises(UserError, match="already there does not match") as error:
+        download_omniglot(tmp_path / "data", base_url="http://127.0.0.1:9/", timeout=2)  # nothing listens there
+    assert "Could not download" in str(error.value) and "\n" not in str(error.value)
+    assert (target / "images_background.zip").read_bytes() == b"junk"  # left as it was
