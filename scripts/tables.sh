@@ -70,7 +70,7 @@ fi
 
 if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
-  # ANIL and MAML seeds 0-3
+  # ANIL seeds 0-4 and MAML seeds 0-3
   table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s? $R/hc_dir_maml_rllab_s? "${E[@]}"
   # each seed's steps 0-3 and 95% intervals (step 1 repeats hc_dir_rllab's one-step reading)
   for run in $R/hc_dir_{anil,maml}_rllab_s?; do
