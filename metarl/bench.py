@@ -235,8 +235,11 @@ def run(args) -> dict[str, Any]:
         raise UserError("--task names a classification benchmark of meta-step; --env an RL one: give one")
     if args.what == "sampler" and args.threads is not None:
         raise UserError("--threads sets torch threads for meta-step's updates; the sampler bench runs torch at 1")
+    sizes = {k: v for k, v in (("tasks", args.tasks), ("per_task", args.per_task)) if v is not None}
+    if sizes and args.what != "sampler":
+        raise UserError("--tasks and --per-task size the sampler bench; meta-step runs the reference configs")
     if args.what == "sampler":
-        return sampler(args.env or "halfcheetah-vel", args.repeats)
+        return sampler(args.env or "halfcheetah-vel", args.repeats, **sizes)
     if args.task:
         from classification.bench import meta_step as cls_meta_step
 

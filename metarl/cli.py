@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--task", help="omniglot-20w1s | omniglot-5w1s | miniimagenet-5w5s | ...")
     b.add_argument("--repeats", type=COUNT, default=5, help="timed repetitions per method (median reported)")
     b.add_argument("--threads", type=COUNT, help="meta-step: torch threads for updates (default 1; sampling uses 1)")
+    b.add_argument("--tasks", type=COUNT, help="sampler: tasks in the meta-batch (default 40, the reference)")
+    b.add_argument("--per-task", type=COUNT, help="sampler: trajectories per task (default 20, the reference)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     a = sub.add_parser("analyze", help="CCA/CKA of each layer before vs after adaptation, or between two models")

@@ -379,6 +379,16 @@ def test_bench_meta_step_json(capsys, monkeypatch):
     one_line_error(capsys, ["bench", "sampler", "--task", "omniglot-5w1s"], "give one")
     one_line_error(capsys, ["bench", "meta-step", "--env", "navigation2d", "--task", "omniglot-5w1s"], "give one")
     one_line_error(capsys, ["bench", "sampler", "--threads", "2"], "--threads", "meta-step")
+    one_line_error(capsys, ["bench", "meta-step", "--env", "navigation2d", "--tasks", "2"], "size the sampler")
+
+
+def test_bench_sampler_small_reports_the_three_rates_and_ratios(capsys):
+    assert main(["bench", "sampler", "--tasks", "2", "--per-task", "3", "--repeats", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    rates = ("sampler_transitions_per_s", "physics_transitions_per_s", "gymnasium_transitions_per_s")
+    assert all(r[k] > 0 for k in rates) and r["simulations"] == 6
+    a, b, c = (r[k] for k in rates)
+    assert r["sampler_over_physics"] == pytest.approx(a / b) and r["sampler_over_gymnasium"] == pytest.approx(a / c)
 
 
 def test_plot_writes_png(tmp_path):
