@@ -41,12 +41,11 @@ def plot_runs(
     many = len(runs) > 4  # then the legend goes beside the panel, where it hides no curve
     fig, ax = plt.subplots(figsize=(10, 4.2) if many else (7, 4.2), dpi=120)
     opened = [RunDir.open(path) for path in runs]
-    kinds = {run.config()["kind"] for run in opened}
-    if len(kinds) > 1:
+    kinds = [run.config()["kind"] for run in opened]
+    if len(set(kinds)) > 1:
         raise UserError("plot RL runs (returns) and classification runs (accuracy) separately: one y-axis each")
-    ylabel = "query accuracy" if kinds == {"classification"} else "average return"
-    for n, (path, run) in enumerate(zip(runs, opened, strict=True)):
-        kind = run.config()["kind"]
+    ylabel = "query accuracy" if kinds[0] == "classification" else "average return"
+    for n, (path, run, kind) in enumerate(zip(runs, opened, kinds, strict=True)):
         rows = run.metrics()
         if not rows:
             raise UserError(f"run {path!r} has no metrics yet")

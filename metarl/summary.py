@@ -77,18 +77,16 @@ def summarize(paths: list[str], evaluate_args: argparse.Namespace, kind_module) 
         twice = next(path for path, r in zip(paths, seen, strict=True) if seen.count(r) > 1)
         raise UserError(f"run {twice!r} is given twice; each run counts once, as one seed")
     # runs of one method whose configs differ beyond seed and budget are different experiments, not seeds
-    labels: dict[str, dict[str, str]] = {}
-    for run in runs:
-        config = run.config()
-        labels.setdefault(_group_key(config), {}).setdefault(_experiment(config), run.path.name)
-    for run in runs:
-        config = run.config()
+    configs = [run.config() for run in runs]
+    keys = [(_group_key(c), _experiment(c)) for c in configs]
+    first: dict[str, dict[str, str]] = {}  # method -> experiment -> name of its first run
+    for run, (method, experiment) in zip(runs, keys, strict=True):
+        first.setdefault(method, {}).setdefault(experiment, run.path.name)
+    for run, config, (method, experiment) in zip(runs, configs, keys, strict=True):
         state = run.load_checkpoint()
         rows = run.metrics()
         train_seconds = sum(r.get("iteration_s", 0.0) for r in rows) if rows else None
-        label = _group_key(config)
-        if len(labels[label]) > 1:
-            label = f"{label} ({labels[label][_experiment(config)]})"
+        label = f"{method} ({first[method][experiment]})" if len(first[method]) > 1 else method
         for adapt in adapts:
             args = argparse.Namespace(**{**vars(evaluate_args), "adapt": adapt})
             result = kind_module(config["kind"]).evaluate_run(config, state, args)

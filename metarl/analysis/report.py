@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from metarl.analysis.similarity import conv_to_datapoints, linear_cka, mean_cca, pwcca, svcca
+from metarl.analysis.similarity import conv_to_datapoints, is_constant, linear_cka, mean_cca, pwcca, svcca
 
 Capture = dict[str, list[np.ndarray]]
 # "cca" is the summary of the SVCCA authors' reference code, which the paper's figures come from:
@@ -61,7 +61,7 @@ def compare(a: Capture, b: Capture, conv_mode: str = "positions") -> dict[str, d
         undefined = 0
         for x, y in zip(a[layer], b[layer], strict=True):
             x, y = conv_to_datapoints(x, conv_mode), conv_to_datapoints(y, conv_mode)
-            if _constant(x) or _constant(y):
+            if is_constant(x) or is_constant(y):
                 undefined += 1
                 continue
             for name, fn in measures.items():
@@ -74,10 +74,6 @@ def compare(a: Capture, b: Capture, conv_mode: str = "positions") -> dict[str, d
             row["undefined_tasks"] = undefined
         table[layer] = row
     return table
-
-
-def _constant(x: np.ndarray) -> bool:
-    return bool(np.all(np.asarray(x) == np.asarray(x)[0]))
 
 
 def body_average(table: dict[str, dict[str, float]], head: str = "head") -> dict[str, float]:

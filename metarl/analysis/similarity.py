@@ -34,6 +34,7 @@ __all__ = [
     "SimilarityInputError",
     "cca",
     "conv_to_datapoints",
+    "is_constant",
     "linear_cka",
     "mean_cca",
     "pwcca",
@@ -69,9 +70,15 @@ def _as_matrix(a: Any, name: str) -> np.ndarray:
         )
     if a.shape[0] < 2 or a.shape[1] < 1:
         raise SimilarityInputError(f"{name} needs at least 2 examples and 1 feature, got shape {a.shape}")
-    if np.all(a == a[0]):
+    if is_constant(a):
         raise SimilarityInputError(f"{name} is the same for every example; similarity is undefined")
     return a
+
+
+def is_constant(a: Any) -> bool:
+    """Every example (row) the same: no measure here is defined on such a representation."""
+    a = np.asarray(a)
+    return bool(np.all(a == a[0]))
 
 
 def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
