@@ -22,10 +22,12 @@ Finn et al.'s rllab variant is reachable by settings: `frame_skip=1` (dt 0.01), 
 `action_scale=1.0` and `velocity="com"`. The latter rewards the x-velocity of the whole body's
 centre of mass (rllab's `get_body_comvel("torso")`, the torso's subtree) at the state after the
 step; as rllab, it recomputes the kinematics there, so the torso position in the observation is
-current rather than one substep behind. The model stays gymnasium's, and so do the reset noise.
-One known difference: rllab's observation ends with `get_body_com("torso")`, which there is
-the torso subtree's centre of mass (`com_subtree`); ours keeps the torso body's position in
-every variant (gym's `get_body_com`), so that the rllab runs' policies see 3 other entries.
+current rather than one substep behind. Two more rllab details are settings of their own:
+`obs_position="com"` ends the observation with rllab's `get_body_com("torso")`, which there is
+the torso subtree's (the whole body's) centre of mass `subtree_com`, not the torso body's
+position (gym's `get_body_com`, our default); `reset_noise="rllab"` draws rllab's initial state,
+qpos0 + 0.01 * N(0, 1) and 0.1 * N(0, 1), instead of HalfCheetah-v5's. The model stays gymnasium's
+(rllab's half_cheetah.xml has the same bodies, joints, actuators and options).
 
 The single envs (`HalfCheetahDirEnv`, `HalfCheetahVelEnv`) define the semantics; the batched
 engines (`HalfCheetahDirBatch`, `HalfCheetahVelBatch`) step every simulation of a meta-batch
@@ -55,6 +57,9 @@ RESET_NOISE = 0.1
 DEFAULT_VELOCITY_RANGE = (0.0, 2.0)
 KINDS = ("direction", "velocity")  # also the task dicts' keys
 VELOCITIES = ("root", "com")  # root slider finite difference (default), centre of mass (rllab)
+POSITIONS = ("torso", "com")  # the observation's last 3 entries: torso body (default), centre of mass (rllab)
+RESETS = ("gymnasium", "rllab")  # initial-state noise: HalfCheetah-v5's (default) or rllab's MujocoEnv's
+RLLAB_QPOS_NOISE = 0.01  # rllab: qpos0 + 0.01 * N(0, 1); qvel 0.1 * N(0, 1) as HalfCheetah-v5
 
 
 @functools.cache
@@ -92,6 +97,8 @@ class _Cheetah:
         velocity_range: tuple[float, float] | None,
         frame_skip: int = FRAME_SKIP,
         velocity: str = "root",
+        obs_position: str = "torso",
+        reset_noise: str = "gymnasium",
     ) -> None:
         if obs_dim not in (17, 20):
             raise UserError(f"HalfCheetah obs_dim must be 20 (with the torso position) or 17, not {obs_dim}")
@@ -103,6 +110,10 @@ class _Cheetah:
             raise UserError(f"HalfCheetah frame_skip must be a positive integer, not {frame_skip!r}")
         if velocity not in VELOCITIES:
             raise UserError(f"HalfCheetah velocity must be one of {VELOCITIES}, not {velocity!r}")
+        if obs_position not in POSITIONS:
+            raise UserError(f"HalfCheetah obs_position must be one of {POSITIONS}, not {obs_position!r}")
+        if reset_noise not in RESETS:
+            raise UserError(f"HalfCheetah reset_noise must be one of {RESETS}, not {reset_noise!r}")
         if velocity_range is not None and kind != "velocity":
             raise UserError("velocity_range is a setting of HalfCheetah-Velocity only")
         velocity_range = tuple(velocity_range or DEFAULT_VELOCITY_RANGE)
@@ -123,6 +134,8 @@ class _Cheetah:
         self.torso = self.model.body("torso").id
         self.frame_skip = frame_skip
         self.velocity = velocity
+        self.obs_position = obs_position
+        self.reset_noise = reset_noise
         self.dt = self.model.opt.timestep * frame_skip
         self.act_dim = self.model.nu
         # bodies of the torso's subtree (the whole cheetah) and their share of its mass
@@ -142,8 +155,11 @@ class _Cheetah:
             raise UserError(f"a HalfCheetah-{self.kind} task needs the key {err}") from None
 
     def initial_state(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(qpos, qvel), (n, nq) and (n, nv): HalfCheetah-v5's reset noise, in its order of draws."""
-        qpos = self.model.qpos0 + rng.uniform(-RESET_NOISE, RESET_NOISE, size=(n, self.model.nq))
+        """(qpos, qvel), (n, nq) and (n, nv): HalfCheetah-v5's (or rllab's) reset noise, in its order of draws."""
+        if self.reset_noise == "rllab":
+            qpos = self.model.qpos0 + RLLAB_QPOS_NOISE * rng.standard_normal((n, self.model.nq))
+        else:
+            qpos = self.model.qpos0 + rng.uniform(-RESET_NOISE, RESET_NOISE, size=(n, self.model.nq))
         qvel = RESET_NOISE * rng.standard_normal((n, self.model.nv))  # the model's initial qvel is 0
         return qpos, qvel
 
@@ -166,11 +182,11 @@ class _Cheetah:
         v_x = lin[..., 0] + ang[..., 1] * offset[..., 2] - ang[..., 2] * offset[..., 1]
         return np.sum(v_x * self._mass_share, axis=-1)
 
-    def observe(self, qpos: np.ndarray, qvel: np.ndarray, xpos: np.ndarray) -> np.ndarray:
-        """Observation from qpos, qvel and body positions xpos (..., nbody, 3)."""
+    def observe(self, qpos: np.ndarray, qvel: np.ndarray, xpos: np.ndarray, subtree_com: np.ndarray) -> np.ndarray:
+        """Observation from qpos, qvel and body positions xpos and subtree_com (..., nbody, 3)."""
         parts = [qpos[..., 1:], qvel]
         if self.obs_dim == 20:
-            parts.append(xpos[..., self.torso, :])
+            parts.append((subtree_com if self.obs_position == "com" else xpos)[..., self.torso, :])
         return np.concatenate(parts, axis=-1)
 
 
@@ -201,9 +217,20 @@ class _HalfCheetahEnv(gymnasium.Env):
         velocity_range: tuple[float, float] | None = None,
         frame_skip: int = FRAME_SKIP,
         velocity: str = "root",
+        obs_position: str = "torso",
+        reset_noise: str = "gymnasium",
     ) -> None:
         self._cheetah = _Cheetah(
-            self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range, frame_skip, velocity
+            self.kind,
+            ctrl_cost_weight,
+            obs_dim,
+            action_scale,
+            horizon,
+            velocity_range,
+            frame_skip,
+            velocity,
+            obs_position,
+            reset_noise,
         )
         self.model = self._cheetah.model
         self.data = mujoco.MjData(self.model)
@@ -228,7 +255,7 @@ class _HalfCheetahEnv(gymnasium.Env):
         self._task = {self.kind: self._goal}
 
     def _obs(self) -> np.ndarray:
-        return self._cheetah.observe(self.data.qpos, self.data.qvel, self.data.xpos)
+        return self._cheetah.observe(self.data.qpos, self.data.qvel, self.data.xpos, self.data.subtree_com)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -304,10 +331,21 @@ class _HalfCheetahBatch:
         velocity_range: tuple[float, float] | None = None,
         frame_skip: int = FRAME_SKIP,
         velocity: str = "root",
+        obs_position: str = "torso",
+        reset_noise: str = "gymnasium",
         nthread: int | None = None,
     ) -> None:
         self._cheetah = _Cheetah(
-            self.kind, ctrl_cost_weight, obs_dim, action_scale, horizon, velocity_range, frame_skip, velocity
+            self.kind,
+            ctrl_cost_weight,
+            obs_dim,
+            action_scale,
+            horizon,
+            velocity_range,
+            frame_skip,
+            velocity,
+            obs_position,
+            reset_noise,
         )
         self.obs_dim = obs_dim
         self.act_dim = self._cheetah.act_dim
@@ -334,10 +372,10 @@ class _HalfCheetahBatch:
         self._qvel = self._batch.bind("qvel")
         self._ctrl = self._batch.bind("ctrl")
         self._xpos = self._batch.bind("xpos")
+        self._subtree_com = self._batch.bind("subtree_com")
         if self._cheetah.velocity == "com":
             self._cvel = self._batch.bind("cvel")
             self._xipos = self._batch.bind("xipos")
-            self._subtree_com = self._batch.bind("subtree_com")
 
     def reset(
         self,
@@ -367,7 +405,7 @@ class _HalfCheetahBatch:
         self._qvel[:] = qvel
         self._batch.forward()
         self.goals = goals
-        return self._cheetah.observe(self._qpos, self._qvel, self._xpos)
+        return self._cheetah.observe(self._qpos, self._qvel, self._xpos, self._subtree_com)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         control = self._cheetah.control(actions)
@@ -382,7 +420,7 @@ class _HalfCheetahBatch:
         else:
             velocity = (self._qpos[:, 0] - x_before) / self._cheetah.dt
         reward = self._cheetah.rewards(velocity, control, self.goals)[0]
-        obs = self._cheetah.observe(self._qpos, self._qvel, self._xpos)
+        obs = self._cheetah.observe(self._qpos, self._qvel, self._xpos, self._subtree_com)
         return obs, reward, np.zeros(self.nsim, dtype=bool)
 
 

@@ -158,7 +158,7 @@ def sampler(env: str, repeats: int, tasks: int = 40, per_task: int = 20) -> dict
 
     def physics_replay() -> float:
         rate = physics(replay["controls"], copy.deepcopy(replay["rng"]))
-        obs = engine._cheetah.observe(engine._qpos, engine._qvel, engine._xpos)
+        obs = engine._cheetah.observe(engine._qpos, engine._qvel, engine._xpos, engine._subtree_com)
         if not np.array_equal(obs, replay["last_obs"]):
             raise RuntimeError("the physics replay diverged from the sampler's rollout")
         return rate

@@ -33,10 +33,16 @@ def _states(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 # Finn et al.'s rllab variant: no frame skip, raw control, the centre of mass's velocity
 RLLAB = {"frame_skip": 1, "velocity": "com", "action_scale": 1.0}
+# and, closer still, rllab's observed centre of mass and reset noise
+RLLAB_ENV = {**RLLAB, "obs_position": "com", "reset_noise": "rllab"}
 
 
 @pytest.mark.parametrize(("env_cls", "batch_cls", "tasks"), FAMILIES)
-@pytest.mark.parametrize(("obs_dim", "variant"), [(20, {}), (17, {}), (20, RLLAB)], ids=["20d", "17d", "rllab"])
+@pytest.mark.parametrize(
+    ("obs_dim", "variant"),
+    [(20, {}), (17, {}), (20, RLLAB), (20, RLLAB_ENV), (20, {"obs_position": "com"})],
+    ids=["20d", "17d", "rllab", "rllab-env", "com-5-substeps"],
+)
 def test_batch_matches_single_env_bit_for_bit(env_cls, batch_cls, tasks, obs_dim, variant):
     per_task, horizon = 3, 100
     nsim = len(tasks) * per_task
@@ -75,8 +81,8 @@ def test_a_reused_batch_from_drawn_states_matches_the_single_env_over_rllabs_ful
     the rllab variant's 200 steps of 0.01 s."""
     per_task, horizon = 2, 200
     nsim = len(tasks) * per_task
-    batch = batch_cls(horizon=horizon, nthread=2, **RLLAB)
-    env = env_cls(horizon=horizon, **RLLAB)
+    batch = batch_cls(horizon=horizon, nthread=2, **RLLAB_ENV)
+    env = env_cls(horizon=horizon, **RLLAB_ENV)
     for episode in range(2):  # the second episode reuses the Batch the first one stepped
         qpos, qvel = batch._cheetah.initial_state(nsim, np.random.default_rng(10 + episode))
         obs = batch.reset(tasks, per_task, np.random.default_rng(10 + episode))
@@ -126,6 +132,45 @@ def test_rllab_velocity_is_mujocos_subtree_com_velocity_and_leaves_the_dynamics_
         assert np.array_equal(o_com[17:], check.xpos[torso])
         speeds.append(info["x_velocity"] - info_root["x_velocity"])
     assert np.abs(speeds).max() > 1e-3  # the two velocities are different quantities
+
+
+def test_rllab_observation_ends_with_the_whole_bodys_centre_of_mass():
+    """rllab's get_body_com("torso") is the torso subtree's centre of mass: the mass-weighted mean of every
+    body's centre of mass, here current after each step as rllab's forward() leaves it."""
+    qpos, qvel = _states(1, seed=14)
+    state = {"task": {"direction": -1.0}, "qpos": qpos[0], "qvel": qvel[0]}
+    com, torso = HalfCheetahDirEnv(**RLLAB_ENV), HalfCheetahDirEnv(**RLLAB)
+    mass = com.model.body_mass[1:]  # body 0 is the world
+    rng = np.random.default_rng(15)
+    gaps = []
+    for t in range(50):
+        if t == 0:
+            o_com, o_torso = com.reset(options=state)[0], torso.reset(options=state)[0]
+        else:
+            action = rng.uniform(-1.0, 1.0, size=6)
+            o_com, o_torso = com.step(action)[0], torso.step(action)[0]
+        assert np.array_equal(o_com[:17], o_torso[:17])  # the same dynamics
+        whole = (mass[:, None] * com.data.xipos[1:]).sum(0) / mass.sum()
+        assert o_com[17:] == pytest.approx(whole, abs=1e-12)
+        assert np.array_equal(o_torso[17:], torso.data.xpos[torso.model.body("torso").id])
+        gaps.append(np.abs(o_com[17:] - o_torso[17:]).max())
+    assert min(gaps) > 1e-3  # the legs pull the centre of mass away from the torso body
+
+
+def test_rllab_reset_noise_is_normal_around_qpos0():
+    env = HalfCheetahDirEnv(**RLLAB_ENV)
+    cheetah = env._cheetah
+    qpos, qvel = cheetah.initial_state(20000, np.random.default_rng(16))
+    assert np.abs(qpos.mean(0) - env.model.qpos0).max() < 1e-3
+    assert qpos.std(0) == pytest.approx(np.full(9, 0.01), rel=0.03)
+    assert np.abs(qvel.mean(0)).max() < 1e-2 and qvel.std(0) == pytest.approx(np.full(9, 0.1), rel=0.03)
+    assert np.abs(qpos - env.model.qpos0).max() > 0.03  # normal tails, unlike v5's uniform +-0.1 ...
+    default_qpos, _ = HalfCheetahDirEnv()._cheetah.initial_state(20000, np.random.default_rng(16))
+    assert default_qpos.std(0) == pytest.approx(np.full(9, 0.2 / np.sqrt(12)), rel=0.03)  # ... of std 0.058
+    # a seeded reset of the single env starts from the engine's first draw
+    o, _ = env.reset(seed=17)
+    (q,), (v,) = cheetah.initial_state(1, np.random.default_rng(17))
+    assert np.array_equal(env.data.qpos, q) and np.array_equal(env.data.qvel, v)
 
 
 def test_frame_skip_is_that_many_substeps_of_one():
@@ -291,6 +336,8 @@ def test_settings_horizon():
         {"frame_skip": 0},
         {"frame_skip": 2.5},
         {"velocity": "torso"},
+        {"obs_position": "body"},
+        {"reset_noise": "mujoco"},
     ],
 )
 def test_bad_settings_are_user_errors(settings):
