@@ -123,7 +123,8 @@ class FewShotLearner:
     def __post_init__(self) -> None:
         self.adapted = self.spec.resolve(self.model)
         head = set(self.model.adaptation_layers()[-1][1])
-        self.head_only = bool(self.adapted) and set(self.adapted) <= head
+        self.body_adapted = [name for name in self.adapted if name not in head]
+        self.head_only = bool(self.adapted) and not self.body_adapted
 
     def run(self, params: Params, x: Tensor, stage: str = "full") -> Tensor:
         return functional_call(self.model, params, (x,), {"stage": stage})
@@ -222,8 +223,7 @@ class ClassificationExperiment:
             a["loss_reduction"],
             t["shots"],
         )
-        head = set(self.model.adaptation_layers()[-1][1])
-        body_adapted = [n for n in self.learner.adapted if n not in head]
+        body_adapted = self.learner.body_adapted
         if config["model"]["batch_norm"] == "running" and a["inner_steps"] > 0 and body_adapted:
             # one set of averages cannot serve both: adapting the body rescales its activations between
             # the support passes and the query pass (30-400x on Omniglot), so evaluation's support passes

@@ -38,6 +38,7 @@ in one `mujoco.batch.Batch` and match them bit for bit. Both take their maths fr
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from pathlib import Path
@@ -190,6 +191,11 @@ class _Cheetah:
         return np.concatenate(parts, axis=-1)
 
 
+def _settings(arguments: dict) -> dict:
+    """The `_Cheetah` settings among a front end's constructor arguments (both front ends take them all)."""
+    return {name: arguments[name] for name in list(inspect.signature(_Cheetah).parameters)[1:]}
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, not the machine's count: under taskset or a
     container's cpuset, more MuJoCo threads than cores contend with each other)."""
@@ -220,18 +226,7 @@ class _HalfCheetahEnv(gymnasium.Env):
         obs_position: str = "torso",
         reset_noise: str = "gymnasium",
     ) -> None:
-        self._cheetah = _Cheetah(
-            self.kind,
-            ctrl_cost_weight,
-            obs_dim,
-            action_scale,
-            horizon,
-            velocity_range,
-            frame_skip,
-            velocity,
-            obs_position,
-            reset_noise,
-        )
+        self._cheetah = _Cheetah(self.kind, **_settings(locals()))
         self.model = self._cheetah.model
         self.data = mujoco.MjData(self.model)
         self.horizon = horizon
@@ -335,18 +330,7 @@ class _HalfCheetahBatch:
         reset_noise: str = "gymnasium",
         nthread: int | None = None,
     ) -> None:
-        self._cheetah = _Cheetah(
-            self.kind,
-            ctrl_cost_weight,
-            obs_dim,
-            action_scale,
-            horizon,
-            velocity_range,
-            frame_skip,
-            velocity,
-            obs_position,
-            reset_noise,
-        )
+        self._cheetah = _Cheetah(self.kind, **_settings(locals()))
         self.obs_dim = obs_dim
         self.act_dim = self._cheetah.act_dim
         self.horizon = horizon
