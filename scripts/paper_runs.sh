@@ -73,6 +73,11 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   # a fifth ANIL seed in the rllab setting
   train hc_dir_anil_rllab_s4 configs/rl/halfcheetah_dir_anil_rllab.yaml --seed 4 --set env.settings.nthread=1
+  # rllab's observed centre of mass and reset noise too, for two seeds that stalled without them
+  for s in 1 2; do
+    train hc_dir_anil_rllab_s${s}_rllabenv configs/rl/halfcheetah_dir_anil_rllab.yaml --seed $s --set env.settings.nthread=1 \
+      --set env.settings.obs_position=com --set env.settings.reset_noise=rllab
+  done
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps

@@ -79,7 +79,12 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   for s in 2 1; do table hc_dir_anil_rllab_s${s}_clip10 metarl evaluate $R/hc_dir_anil_rllab_s${s}_clip10 "${E[@]}"; done
-  by_task_tables $R/hc_dir_{anil,maml}_rllab_s?
+  # with rllab's observed centre of mass and reset noise as well (env.settings obs_position, reset_noise)
+  for s in 1 2; do
+    table hc_dir_anil_rllab_s${s}_rllabenv_3steps metarl evaluate $R/hc_dir_anil_rllab_s${s}_rllabenv --tasks 40 --inner-steps 3
+  done
+  table hc_dir_rllabenv_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{1,2}{,_rllabenv}
+  by_task_tables $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{1,2}_rllabenv
   # torso pitch before and after one step: do stalled runs run on their backs? (they do not)
   table hc_dir_posture py scripts/posture.py $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{2,1}_clip10 \
     $R/hc_dir_{anil,maml}_s0
