@@ -113,6 +113,8 @@ class _Cheetah:
             raise UserError(f"HalfCheetah velocity must be one of {VELOCITIES}, not {velocity!r}")
         if obs_position not in POSITIONS:
             raise UserError(f"HalfCheetah obs_position must be one of {POSITIONS}, not {obs_position!r}")
+        if obs_position != "torso" and obs_dim != 20:
+            raise UserError("HalfCheetah obs_position needs obs_dim 20: the 17-d observation has no position")
         if reset_noise not in RESETS:
             raise UserError(f"HalfCheetah reset_noise must be one of {RESETS}, not {reset_noise!r}")
         if velocity_range is not None and kind != "velocity":

@@ -337,6 +337,7 @@ def test_settings_horizon():
         {"frame_skip": 2.5},
         {"velocity": "torso"},
         {"obs_position": "body"},
+        {"obs_position": "com", "obs_dim": 17},
         {"reset_noise": "mujoco"},
     ],
 )
