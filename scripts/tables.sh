@@ -72,17 +72,14 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   # Finn et al.'s rllab setting (horizon 200, no frame skip, centre-of-mass velocity, 100x100 ReLU):
   # ANIL seeds 0-4 and MAML seeds 0-3
   table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s? $R/hc_dir_maml_rllab_s? "${E[@]}"
-  # each seed's steps 0-3 and 95% intervals (step 1 repeats hc_dir_rllab's one-step reading)
-  for run in $R/hc_dir_{anil,maml}_rllab_s?; do
+  # each seed's steps 0-3 and 95% intervals (step 1 repeats hc_dir_rllab's one-step reading); the _rllabenv
+  # runs add rllab's observed centre of mass and reset noise (env.settings obs_position, reset_noise)
+  for run in $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{1,2}_rllabenv; do
     table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
   done
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   for s in 2 1; do table hc_dir_anil_rllab_s${s}_clip10 metarl evaluate $R/hc_dir_anil_rllab_s${s}_clip10 "${E[@]}"; done
-  # with rllab's observed centre of mass and reset noise as well (env.settings obs_position, reset_noise)
-  for s in 1 2; do
-    table hc_dir_anil_rllab_s${s}_rllabenv_3steps metarl evaluate $R/hc_dir_anil_rllab_s${s}_rllabenv --tasks 40 --inner-steps 3
-  done
   table hc_dir_rllabenv_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{1,2}{,_rllabenv}
   by_task_tables $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{1,2}_rllabenv
   # torso pitch before and after one step: do stalled runs run on their backs? (they do not)
