@@ -41,6 +41,7 @@ import functools
 import inspect
 import math
 import os
+import re
 from pathlib import Path
 
 import gymnasium
@@ -65,8 +66,19 @@ RLLAB_QPOS_NOISE = 0.01  # rllab: qpos0 + 0.01 * N(0, 1); qvel 0.1 * N(0, 1) as 
 
 @functools.cache
 def _model() -> mujoco.MjModel:
-    """The compiled model, shared read-only: compiling it per env costs time and a warning each."""
-    return mujoco.MjModel.from_xml_path(str(XML_PATH))
+    """The compiled model, shared read-only: compiling it per env costs time.
+
+    MuJoCo 4 deprecates the XML's `settotalmass` (a warning at each compile, removal to come), so the
+    total mass is set on the compiled model instead; every model array comes out equal to gymnasium's.
+    """
+    xml = XML_PATH.read_text()
+    total = re.search(r'\s+settotalmass="([^"]+)"', xml)
+    if total is None:
+        return mujoco.MjModel.from_xml_string(xml)
+    model = mujoco.MjModel.from_xml_string(xml.replace(total.group(0), ""))
+    mujoco.mj_setTotalmass(model, float(total.group(1)))
+    mujoco.mj_setConst(model, mujoco.MjData(model))
+    return model
 
 
 def sample_tasks(

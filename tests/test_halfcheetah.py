@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.halfcheetah import (
+    XML_PATH,
     HalfCheetahDirBatch,
     HalfCheetahDirEnv,
     HalfCheetahVelBatch,
@@ -213,6 +214,16 @@ def test_single_env_matches_gymnasium_halfcheetah_v5():
         assert info["reward_forward"] == info_ref["reward_forward"]  # direction +1: the run term is v5's
         assert r == r_ref and not terminated
     reference.close()
+
+
+def test_model_without_the_deprecated_settotalmass_equals_gymnasiums_compile():
+    """The total mass set on the compiled model gives every array of the XML's own `settotalmass`."""
+    ours = HalfCheetahDirEnv().model
+    theirs = mujoco.MjModel.from_xml_path(str(XML_PATH))  # gymnasium's compile, deprecated attribute and all
+    arrays = [name for name in dir(theirs) if isinstance(getattr(theirs, name, None), np.ndarray)]
+    assert len(arrays) > 100 and "body_mass" in arrays and "body_inertia" in arrays
+    assert theirs.body_mass.sum() == pytest.approx(14.0)
+    assert [name for name in arrays if not np.array_equal(getattr(ours, name), getattr(theirs, name))] == []
 
 
 # check_env's advice for the unbounded observation and the +-action_scale raw-output range
