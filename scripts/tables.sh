@@ -49,6 +49,8 @@ if [[ $what == nav || $what == all ]]; then
   table nav_scale py scripts/nav_scale.py $R/nav_{anil,maml}_s?_clip $R/nav_{anil,maml}_s?
   table nav_stepw metarl summarize $R/nav_*_stepw "${E[@]}"
   table nav_fixedstd metarl summarize $R/nav_anil_s2_fixedstd "${E[@]}"
+  # the kept run make run retrains, evaluated as make run evaluates it
+  table nav_anil_s0_head_3steps metarl evaluate $R/nav_anil_s0 --tasks 40 --inner-steps 3 --adapt head
 fi
 
 if [[ $what == halfcheetah || $what == all ]]; then
@@ -80,6 +82,7 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   for s in 2 1; do table hc_dir_anil_rllab_s${s}_clip10 metarl evaluate $R/hc_dir_anil_rllab_s${s}_clip10 "${E[@]}"; done
+  table hc_dir_clip10_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{2,1}{,_clip10}
   table hc_dir_rllabenv_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{1,2}{,_rllabenv}
   by_task_tables $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{1,2}_rllabenv
   # torso pitch before and after one step: do stalled runs run on their backs? (they do not)
