@@ -231,9 +231,11 @@ def _read_omniglot_npz(path: Path, set_name: str) -> tuple[np.ndarray, list[str]
         with np.load(path, allow_pickle=False) as npz:
             papers, labels = npz["images"], npz["labels"]
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        # numpy's own message for a non-npz file suggests loading pickles, which is no fix here
+        detail = f"no array {error}" if isinstance(error, KeyError) else "not a readable npz file"
         raise UserError(
             f"{path} is not an Omniglot npz with arrays 'images' (bool, n x 20 x 105 x 105, True = white "
-            f"paper) and 'labels' ({error}). Replace it, or delete it and put the official archive "
+            f"paper) and 'labels' ({detail}). Replace it, or delete it and put the official archive "
             f"{OMNIGLOT_URL}{set_name}.zip next to it."
         ) from error
     names = omniglot_class_names(set_name)

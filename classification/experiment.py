@@ -32,7 +32,7 @@ from classification.models import Conv4
 from metarl.adaptation import AdaptationSpec, Params, evaluation_step_sizes, inner_update, meta_parameters, step_sizes
 from metarl.config import evaluation_options
 from metarl.errors import UserError
-from metarl.runs import load_weights
+from metarl.runs import checkpoint_part, load_weights
 
 
 def load_splits(
@@ -274,9 +274,8 @@ class ClassificationExperiment:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        load_weights(self.model, state["model"])
-        load_weights(self.optimizer, state["optimizer"])
-        load_weights(self.sampler, state["sampler"])
+        for name, target in (("model", self.model), ("optimizer", self.optimizer), ("sampler", self.sampler)):
+            load_weights(target, checkpoint_part(state, name))
 
 
 def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> ClassificationExperiment:
@@ -370,7 +369,7 @@ def evaluate_run(config: dict[str, Any], state: dict[str, Any], args: Any) -> di
     if args.adapt is None and (regime(config) != "meta" or config["adaptation"]["spec"] == "none"):
         adapt = "nil"  # no head that an inner loop could use: the paper reads these out with NIL
     data_root = getattr(args, "data_root", None)
-    return evaluate(config, state["model"]["model"], adapt, inner_steps, tasks, seed, data_root)
+    return evaluate(config, checkpoint_part(state["model"], "model"), adapt, inner_steps, tasks, seed, data_root)
 
 
 ANALYSIS_QUERIES = 19  # per class (at most what the data holds): datapoints for CCA on small late conv maps
@@ -387,7 +386,7 @@ def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: st
     """Each layer's output on the probe's queries before and after the test-time inner loop (post None if not adapt)."""
     torch.set_num_threads(config["training"]["torch_threads"])
     test = load_splits(config, config["data"]["root"], ("test",))["test"]
-    model = trained_model(config, state["model"]["model"], test)
+    model = trained_model(config, checkpoint_part(state["model"], "model"), test)
     params = {k: v.detach() for k, v in meta_parameters(model).items()}
     lrs = evaluation_step_sizes(config, config["evaluation"]["inner_steps"])
     learner = evaluation_learner(config, model, config["adaptation"]["spec"] if spec is None else spec, lrs)

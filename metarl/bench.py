@@ -231,7 +231,7 @@ class _Proxy:
 
 def run(args) -> dict[str, Any]:
     threads = 1 if args.threads is None else args.threads
-    if args.task and (args.env or args.what == "sampler"):
+    if args.task is not None and (args.env is not None or args.what == "sampler"):
         raise UserError("--task names a classification benchmark of meta-step; --env an RL one: give one")
     if args.what == "sampler" and args.threads is not None:
         raise UserError("--threads sets torch threads for meta-step's updates; the sampler bench runs torch at 1")
@@ -239,12 +239,12 @@ def run(args) -> dict[str, Any]:
     if sizes and args.what != "sampler":
         raise UserError("--tasks and --per-task size the sampler bench; meta-step runs the reference configs")
     if args.what == "sampler":
-        return sampler(args.env or "halfcheetah-vel", args.repeats, **sizes)
-    if args.task:
+        return sampler("halfcheetah-vel" if args.env is None else args.env, args.repeats, **sizes)
+    if args.task is not None:
         from classification.bench import meta_step as cls_meta_step
 
         return cls_meta_step(args.task, args.repeats, threads=threads)
-    return meta_step(args.env or "navigation2d", args.repeats, threads)
+    return meta_step("navigation2d" if args.env is None else args.env, args.repeats, threads)
 
 
 def format_result(r: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metarl.config import refuse_data_root
 from metarl.errors import UserError
 
 
@@ -48,14 +49,9 @@ def _at_least(low: int) -> Callable[[str], int]:
 COUNT, STEPS, SEED = _at_least(1), _at_least(0), _at_least(0)
 
 
-def _refuse_data_root(config: dict[str, Any], data_root: str | None) -> None:
-    if data_root and config["kind"] != "classification":
-        raise UserError("--data-root is for classification runs; RL runs read no data")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from metarl.config import DEFAULTS, deep_update, dump, load_config, merge, parse_overrides
-    from metarl.runs import CHECKPOINT, RunDir, seed_everything
+    from metarl.runs import CHECKPOINT, RunDir, restore_rng_state, seed_everything
     from metarl.training import train
 
     if args.resume:
@@ -68,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = run.config()
         if args.set:  # train longer / log differently; the run's config.yaml records the change
             config = merge(DEFAULTS[config["kind"]], deep_update(config, parse_overrides(args.set)))
-        _refuse_data_root(config, args.data_root)
+        refuse_data_root(config, args.data_root)
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (e.g. configs/rl/navigation2d_anil.yaml) or --resume DIR")
@@ -84,8 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
     if args.resume and state is None and run.has_records():
         raise UserError(f"{str(run.path)!r} has training records but no {CHECKPOINT}; restore it or train elsewhere")
-    if state is not None and not isinstance(state.get("rng"), dict):
-        raise UserError(f"the checkpoint of {str(run.path)!r} holds no RNG state, so it cannot resume exactly")
+    if state is not None:  # refuses a checkpoint whose RNG state is missing or damaged, before any write
+        restore_rng_state(state.get("rng"), rng)
     if state is not None and state["iteration"] > config["training"]["iterations"]:
         raise UserError(f"{str(run.path)!r} is at iteration {state['iteration']}; training.iterations cannot be less")
     if state is not None:  # before anything is written: a checkpoint that no longer fits config.yaml is refused
@@ -95,6 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.set:
         run.write_config(config)
     print(f"run directory: {run.path}", file=sys.stderr)
+    if state is not None and state["iteration"] == config["training"]["iterations"]:
+        print(f"already at iteration {state['iteration']} of {state['iteration']}; nothing to train", file=sys.stderr)
     if not args.resume:
         print(dump(config), file=sys.stderr, end="")
     train(run, exp, rng, config["logging"], state=state, show_progress=not args.quiet)
@@ -107,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = RunDir.open(args.run)
     config = run.config()
-    _refuse_data_root(config, args.data_root)
+    refuse_data_root(config, args.data_root)
     state = run.load_checkpoint(args.checkpoint)
     result = _kind_module(config["kind"]).evaluate_run(config, state, args)
     result["run"] = str(run.path)
@@ -223,7 +221,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     configs = [r.config() for r in runs]
     if args.data_root:
         for c in configs:
-            c.setdefault("data", {})["root"] = args.data_root
+            refuse_data_root(c, args.data_root)
+            c["data"]["root"] = args.data_root
     classification = configs[0]["kind"] == "classification"
     if args.inner_steps is not None:
         if args.inner_steps < 1:
@@ -254,6 +253,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if s["iteration"] not in tables:
                 tables[s["iteration"]] = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
         tables = dict(sorted(tables.items()))
+        if len({_table_shape(t) for t in tables.values()}) > 1:
+            raise UserError(f"{out / 'over_training.json'} holds other layers than this run's; move it away")
         result = {**settings, "over_training": tables, "reused": reused}
         result["png"] = str(report.line_chart(tables, out / "over_training.png", f"{name}: before vs after adaptation"))
         result["json"] = str(report.write_json(result, out / "over_training.json"))
@@ -284,8 +285,24 @@ def _earlier_over_training(path: Path, settings: dict[str, Any]) -> dict[int, An
         old = json.loads(path.read_text())
         rows = {int(it): row for it, row in old["over_training"].items()}
     except (ValueError, KeyError, AttributeError, TypeError):
-        raise UserError(f"{path} is not an over-training analysis; move it away to start afresh") from None
+        rows = None
+    shapes = {_table_shape(row) for row in rows.values()} if rows is not None else {None}
+    if None in shapes or len(shapes) > 1:
+        raise UserError(f"{path} is not an over-training analysis (or is damaged); move it away to start afresh")
     return rows if all(old.get(k) == v for k, v in settings.items()) else {}
+
+
+def _table_shape(table: Any) -> tuple[str, ...] | None:
+    """The layer names of one similarity table; None if it is not one (a damaged file's row).
+    Measures may differ between rows: an earlier version's rows lack the newer ones."""
+    if not isinstance(table, dict) or not table:
+        return None
+    for measures in table.values():
+        if not isinstance(measures, dict) or "cca" not in measures:
+            return None
+        if not all(x is None or type(x) in (int, float) for x in measures.values()):  # None: NaN in JSON
+            return None
+    return tuple(table)
 
 
 def format_analysis(result: dict[str, Any]) -> str:
@@ -299,7 +316,7 @@ def format_analysis(result: dict[str, Any]) -> str:
         )
         lines.append(f"  {'layer':<10} " + " ".join(f"{v:>6}" for v in LABELS.values()) + f" {'change':>7}")
         for layer, row in table.items():
-            cells = [_cell(row[m], 6) for m in LABELS] + [_cell(row["relative_change"], 7)]
+            cells = [_cell(row.get(m), 6) for m in LABELS] + [_cell(row.get("relative_change"), 7)]
             line = f"  {layer:<10} " + " ".join(cells)
             if row.get("undefined_tasks"):
                 line += f"  ({row['undefined_tasks']} task(s) left out: the layer's output is constant there)"

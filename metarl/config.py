@@ -198,7 +198,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {problem}{where}") from None
     if data is None:
         raise UserError(f"config file {str(path)!r} is empty")
     if not isinstance(data, dict):
@@ -227,10 +230,19 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def refuse_data_root(config: dict[str, Any], data_root: str | None) -> None:
+    if data_root and config["kind"] != "classification":
+        raise UserError("--data-root is for classification runs; RL runs read no data")
+
+
+def deep_update(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`base` with `extra`'s keys set; a nested key under a value that is not a mapping is refused
+    (a file's malformed section must not vanish under an override and fall back to defaults)."""
     out = copy.deepcopy(base)
     for k, v in extra.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict) and out.get(k) is not None and not isinstance(out[k], dict):
+            raise UserError(f"config key {prefix + k!r} must be a mapping, got {out[k]!r}")
+        out[k] = deep_update(out[k], v, f"{prefix}{k}.") if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

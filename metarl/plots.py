@@ -49,9 +49,13 @@ def plot_runs(
         rows = run.metrics()
         if not rows:
             raise UserError(f"run {path!r} has no metrics yet")
+        if not any(key in r for r in rows for key, _ in CURVES[kind]):
+            raise UserError(f"run {path!r} has no {' or '.join(k for k, _ in CURVES[kind])} in its metrics to plot")
         for i, (key, label) in enumerate(CURVES[kind]):
-            kept = [r for r in rows if key in r and isinstance(r.get("iteration"), int)]
-            values = [r[key] if isinstance(r[key], int | float) else None for r in kept]
+            kept = [r for r in rows if key in r and type(r.get("iteration")) is int]
+            if not kept:
+                continue
+            values = [r[key] if type(r[key]) in (int, float) else None for r in kept]
             xs, ys = [r["iteration"] for r in kept], smooth(values, window)
             style = {"color": f"C{n}", "linestyle": "--" if i == 0 else "-", "alpha": 0.6 if i == 0 else 1.0}
             ax.plot(xs, ys, label=f"{run.path.name}: {label}", **style)

@@ -17,7 +17,7 @@ from metarl.algorithms import MetaLearner, OuterConfig
 from metarl.config import evaluation_options
 from metarl.errors import UserError
 from metarl.policies import GaussianMLPPolicy
-from metarl.runs import load_weights
+from metarl.runs import checkpoint_part, load_weights
 from metarl.samplers import Episodes, sample
 
 
@@ -120,7 +120,7 @@ class RLExperiment:
         return {"policy": self.policy.state_dict(), "optimizer": opt.state_dict() if opt else None}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        load_weights(self.policy, state["policy"])
+        load_weights(self.policy, checkpoint_part(state, "policy"))
         if self.learner.optimizer is not None and state.get("optimizer"):
             load_weights(self.learner.optimizer, state["optimizer"])
 
@@ -192,12 +192,12 @@ def make_experiment(config: dict[str, Any], rng: np.random.Generator) -> RLExper
 def evaluate_run(config: dict[str, Any], state: dict[str, Any], args) -> dict[str, Any]:
     """`metarl evaluate` for RL runs: CLI options override the config's evaluation section."""
     adapt, inner_steps, tasks, seed = evaluation_options(config, args)
-    if adapt == "nil":
-        raise UserError("--adapt nil is a classification read-out; RL runs take full, head, none or freeze:K")
-    return evaluate(config, state["model"]["policy"], adapt, inner_steps, tasks, seed)
+    return evaluate(config, checkpoint_part(state["model"], "policy"), adapt, inner_steps, tasks, seed)
 
 
 def _policy_and_learner(config: dict[str, Any], policy_state: dict[str, Any], spec: str | None = None):
+    if spec == "nil":
+        raise UserError("--adapt nil is a classification read-out; RL runs take full, head, none or freeze:K")
     torch.set_num_threads(config["training"]["torch_threads"])
     engine = build_engine(config)
     policy = build_policy(config, engine)
@@ -214,7 +214,7 @@ def analysis_probe(config: dict[str, Any], state: dict[str, Any], tasks: int, se
     steps = config["evaluation"]["inner_steps"]
     if steps < 1:
         raise UserError("analysis compares a policy before and after adaptation: it needs inner_steps >= 1")
-    engine, policy, learner = _policy_and_learner(config, state["model"]["policy"])
+    engine, policy, learner = _policy_and_learner(config, checkpoint_part(state["model"], "policy"))
     rng = np.random.default_rng(seed)
     task_list = engine.sample_tasks(tasks, rng)
     per_task = config["evaluation"]["trajectories_per_task"]
@@ -232,7 +232,7 @@ def capture(config: dict[str, Any], state: dict[str, Any], probe, spec: str | No
     policy), so that every model is compared on the same data. `adapt=False` skips the steps
     (post is None): comparing two models needs only their outputs before adaptation.
     """
-    _, policy, learner = _policy_and_learner(config, state["model"]["policy"], spec)
+    _, policy, learner = _policy_and_learner(config, checkpoint_part(state["model"], "policy"), spec)
     params = meta_parameters(policy)
     lrs = evaluation_step_sizes(config, len(probe["support"]))
     with torch.no_grad():

@@ -56,10 +56,15 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
-    rng.bit_generator.state = state["numpy_generator"]
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy_global"])
+    """Without every generator's state a run cannot continue exactly, so a damaged one is refused."""
+    try:
+        rng.bit_generator.state = state["numpy_generator"]
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy_global"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        raise UserError(f"the checkpoint's RNG state is missing or damaged ({detail}); it cannot resume") from None
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -79,8 +84,13 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any]) -> RunDir:
         run = cls(path)
-        if (run.path / CHECKPOINT).exists() or (run.path / "config.yaml").exists():
-            raise UserError(f"run directory {str(run.path)!r} already holds a run; use --resume or another --out")
+        files = (CHECKPOINT, "config.yaml", "metrics.jsonl", "snapshots", "tb")
+        held = [name for name in files if (run.path / name).exists()]
+        if held:
+            raise UserError(
+                f"run directory {str(run.path)!r} already holds a run's files ({', '.join(held)}); "
+                "use --resume or another --out"
+            )
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(config)
         return run
@@ -137,7 +147,7 @@ class RunDir:
             if not path.is_file():
                 raise UserError(f"{str(self.path)!r} has no checkpoint ({CHECKPOINT}); train it first")
         path = Path(path)
-        if not path.is_file() and (self.path / path).is_file():
+        if not path.exists() and (self.path / path).exists():
             path = self.path / path  # a snapshot named relative to the run, e.g. snapshots/iter_000300.pt
         if path.is_dir():
             raise UserError(f"checkpoint {str(path)!r} is a directory; give a .pt file in it")
@@ -191,6 +201,14 @@ class RunDir:
             if isinstance(row, dict):
                 rows.append(row)
         return rows
+
+
+def checkpoint_part(model: dict[str, Any], name: str) -> dict[str, Any]:
+    """One part of a checkpoint's model state; absent when the checkpoint is another kind of run's."""
+    part = model.get(name)
+    if not isinstance(part, dict):
+        raise UserError(f"the checkpoint holds no {name!r} state; is it another kind of run's checkpoint?")
+    return part
 
 
 def load_weights(target: Any, state: dict[str, Any]) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 from typing import Any
 
+from metarl.config import refuse_data_root
 from metarl.errors import UserError
 from metarl.runs import RunDir
 
@@ -82,10 +84,13 @@ def summarize(paths: list[str], evaluate_args: argparse.Namespace, kind_module) 
     first: dict[str, dict[str, str]] = {}  # method -> experiment -> name of its first run
     for run, (method, experiment) in zip(runs, keys, strict=True):
         first.setdefault(method, {}).setdefault(experiment, run.path.name)
+    for config in configs:
+        refuse_data_root(config, getattr(evaluate_args, "data_root", None))
     for run, config, (method, experiment) in zip(runs, configs, keys, strict=True):
         state = run.load_checkpoint()
         rows = run.metrics()
-        train_seconds = sum(r.get("iteration_s", 0.0) for r in rows) if rows else None
+        seconds = [r.get("iteration_s") for r in rows]  # a damaged row's value counts as none
+        train_seconds = sum(x for x in seconds if type(x) in (int, float) and math.isfinite(x)) if rows else None
         label = f"{method} ({first[method][experiment]})" if len(first[method]) > 1 else method
         for adapt in adapts:
             args = argparse.Namespace(**{**vars(evaluate_args), "adapt": adapt})

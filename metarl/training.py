@@ -13,10 +13,12 @@ import time
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from metarl.runs import RunDir, restore_rng_state, rng_state
+from metarl.errors import UserError
+from metarl.runs import CHECKPOINT, RunDir, restore_rng_state, rng_state
 
 
 class Experiment(Protocol):
@@ -39,6 +41,18 @@ def resident_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def finite(state: Any) -> bool:
+    """Whether every floating-point tensor of a (nested) state is finite: a diverged run must not
+    overwrite its last good checkpoint with NaN weights."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(finite(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return all(finite(v) for v in state)
+    return True
 
 
 def train(
@@ -73,11 +87,17 @@ def train(
         dynamic_ncols=True,
         desc=run.path.name,
     )
+    saved = start  # the checkpoint's iteration
     try:
         for it in bar:
             t0 = time.perf_counter()
             metrics = exp.iteration(it)
             metrics["iteration_s"] = time.perf_counter() - t0
+            if not finite(exp.state()):
+                raise UserError(
+                    f"training diverged at iteration {it}: the weights are no longer finite; "
+                    f"{run.path / CHECKPOINT} is left as it was (iteration {saved})"
+                )
             metrics["rss_mb"] = resident_mb()
             for key, tag in exp.tensorboard_tags.items():
                 if key in metrics and math.isfinite(metrics[key]):
@@ -91,6 +111,7 @@ def train(
                 snapshot = logging["snapshot_every"] > 0 and done % logging["snapshot_every"] == 0
                 state = {"iteration": done, "model": exp.state(), "rng": rng_state(rng)}
                 run.save_checkpoint(state, snapshot=snapshot)
+                saved = done
     finally:
         writer.close()
     return rows

@@ -234,7 +234,7 @@ def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
     capsys.readouterr()
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [1, 2\n")
-    one_line_error(capsys, ["train", str(bad)], "not valid YAML")
+    one_line_error(capsys, ["train", str(bad)], "not valid YAML", "line 2, column 1")
     bad.write_text("- just\n- a list\n")
     one_line_error(capsys, ["train", str(bad)], "mapping")
     bad.write_bytes(b"training: \xff\xfe\n")
@@ -321,6 +321,67 @@ def test_run_directory_errors_are_one_line_exit_2(tmp_path, capsys):
     one_line_error(capsys, ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(run)], "already")
 
 
+def test_damaged_or_foreign_run_files_are_refused_and_lose_nothing(tmp_path, capsys):
+    run = train(tmp_path, iterations=1)
+    capsys.readouterr()
+    ckpt, cfg = run / "checkpoint.pt", str(ROOT / "configs/rl/navigation2d_anil.yaml")
+    good = torch.load(ckpt, weights_only=False)
+    # a new run into a folder that holds another run's records must not truncate them
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(run / "metrics.jsonl", lone / "metrics.jsonl")
+    one_line_error(capsys, ["train", cfg, "--out", str(lone)], "already holds", "metrics.jsonl")
+    assert (lone / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert not (lone / "config.yaml").exists()
+    # another kind of run's checkpoint (no policy in it)
+    torch.save({**good, "model": {"model": {}, "optimizer": {}, "sampler": {}}}, ckpt)
+    longer = ["--set", "training.iterations=2"]
+    for argv in (["evaluate", str(run)], ["summarize", str(run)], ["analyze", str(run), "--tasks", "2"]):
+        one_line_error(capsys, argv, "no 'policy' state", "another kind of run")
+    one_line_error(capsys, ["train", "--resume", str(run), *longer], "no 'policy' state")
+    # a damaged RNG state is refused before config.yaml records the longer run
+    config_text = (run / "config.yaml").read_text()
+    torch.save({**good, "rng": {"torch": good["rng"]["torch"]}}, ckpt)
+    one_line_error(capsys, ["train", "--resume", str(run), *longer], "RNG state is missing or damaged")
+    assert (run / "config.yaml").read_text() == config_text
+    # NaN weights: training stops at the first iteration and leaves the checkpoint as it was
+    nan = {**good, "model": {**good["model"], "policy": {k: v.clone() for k, v in good["model"]["policy"].items()}}}
+    next(iter(nan["model"]["policy"].values())).fill_(float("nan"))
+    torch.save(nan, ckpt)
+    saved, rows = ckpt.read_bytes(), (run / "metrics.jsonl").read_text()
+    assert main(["train", "--resume", str(run), "--quiet", *longer]) == 2
+    err = capsys.readouterr().err  # "run directory: ..." first: the error comes mid-run
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("metarl: error: training diverged at")
+    assert "iteration 1:" in err and "left as it was (iteration 1)" in err
+    assert ckpt.read_bytes() == saved and (run / "metrics.jsonl").read_text() == rows
+    torch.save(good, ckpt)
+    (run / "config.yaml").write_text(config_text)
+    # a finished run resumes to nothing, and says so
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "already at iteration 1 of 1; nothing to train" in capsys.readouterr().err
+    one_line_error(capsys, ["evaluate", str(run), "--checkpoint", "snapshots"], "is a directory")
+    for argv in (["analyze", str(run)], ["summarize", str(run)]):
+        one_line_error(capsys, [*argv, "--data-root", str(tmp_path)], "RL runs read no data")
+    one_line_error(capsys, ["analyze", str(run), "--adapt", "nil", "--tasks", "2"], "classification read-out")
+    # a damaged earlier over-training analysis is refused, and kept
+    (run / "analysis").mkdir()
+    (run / "analysis" / "over_training.json").write_text(json.dumps({"over_training": {"0": "junk"}}))
+    one_line_error(capsys, ["analyze", str(run), "--checkpoints", "--tasks", "2"], "over_training.json", "damaged")
+    assert "junk" in (run / "analysis" / "over_training.json").read_text()
+    # a metrics row damaged by hand does not stop summarize; a run with no returns has nothing to plot
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 1, "iteration_s": None}) + "\n")
+    assert main(["summarize", str(run), "--tasks", "2"]) == 0
+    capsys.readouterr()
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "kl": 0.1}) + "\n")
+    one_line_error(capsys, ["plot", str(run), "--out", str(tmp_path / "p.png")], "no pre_return or post_return")
+    assert not (tmp_path / "p.png").exists()
+    # a section that is not a mapping stays an error under an override of one of its keys
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [1, 2]\n")
+    one_line_error(capsys, ["train", str(bad), "--set", "training.iterations=1"], "'training' must be a mapping")
+
+
 def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, capsys, monkeypatch):
     """The initial state is saved before the first iteration, so even `checkpoint_every` beyond the kill resumes."""
     from metarl.rl import RLExperiment
@@ -355,7 +416,7 @@ def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path,
     del state["rng"]
     torch.save(state, out / "checkpoint.pt")
     capsys.readouterr()
-    one_line_error(capsys, ["train", "--resume", str(out), "--set", "training.iterations=6"], "no RNG state")
+    one_line_error(capsys, ["train", "--resume", str(out), "--set", "training.iterations=6"], "RNG state is missing")
     one_line_error(capsys, ["plot", str(out), "--out", str(tmp_path / "d.png"), "--ylim", "nan", "1"], "--ylim")
 
 
