@@ -73,8 +73,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   # a fifth ANIL seed in the rllab setting
   train hc_dir_anil_rllab_s4 configs/rl/halfcheetah_dir_anil_rllab.yaml --seed 4 --set env.settings.nthread=1
-  # rllab's observed centre of mass and reset noise too, for two seeds that stalled without them
-  for s in 1 2; do
+  # rllab's observed centre of mass and reset noise too: two seeds that stalled without them (1, 2), one that
+  # learned (0) and one that stalled (4)
+  for s in 1 2 0 4; do
     train hc_dir_anil_rllab_s${s}_rllabenv configs/rl/halfcheetah_dir_anil_rllab.yaml --seed $s --set env.settings.nthread=1 \
       --set env.settings.obs_position=com --set env.settings.reset_noise=rllab
   done

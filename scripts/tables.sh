@@ -76,15 +76,17 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s? $R/hc_dir_maml_rllab_s? "${E[@]}"
   # each seed's steps 0-3 and 95% intervals (step 1 repeats hc_dir_rllab's one-step reading); the _rllabenv
   # runs add rllab's observed centre of mass and reset noise (env.settings obs_position, reset_noise)
-  for run in $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{1,2}_rllabenv; do
+  for run in $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s?_rllabenv; do
     table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
   done
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   for s in 2 1; do table hc_dir_anil_rllab_s${s}_clip10 metarl evaluate $R/hc_dir_anil_rllab_s${s}_clip10 "${E[@]}"; done
   table hc_dir_clip10_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{2,1}{,_clip10}
-  table hc_dir_rllabenv_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{1,2}{,_rllabenv}
-  by_task_tables $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{1,2}_rllabenv
+  # ANIL seeds 0, 1, 2 and 4 with rllab's observed centre of mass and reset noise too, beside the same seeds without
+  table hc_dir_rllabenv metarl summarize $R/hc_dir_anil_rllab_s?_rllabenv "${E[@]}"
+  table hc_dir_rllabenv_curves py scripts/window_means.py $R/hc_dir_anil_rllab_s{0,1,2,4}{,_rllabenv}
+  by_task_tables $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s?_rllabenv
   # torso pitch before and after one step: do stalled runs run on their backs? (they do not)
   table hc_dir_posture py scripts/posture.py $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s{2,1}_clip10 \
     $R/hc_dir_{anil,maml}_s0
