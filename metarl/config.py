@@ -64,6 +64,8 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
 # Integer keys that may be 0 (no inner step, no snapshots, no line search); every other
 # integer key must be >= 1, and seeds (any key ending in "seed") lie in [0, 2**32).
 ZERO_OK = ("inner_steps", "snapshot_every", "ls_max_steps")
+# Integer keys with a higher floor: a 1-way task has nothing to tell apart (its loss is 0 whatever the weights).
+AT_LEAST = {"ways": 2}
 
 # Real-valued settings outside these ranges would fail deep inside a run or train nonsense quietly.
 # Every real value must also be finite; a list of step sizes is checked entry by entry.
@@ -148,7 +150,7 @@ def _check_real(value: float, key: str) -> float:
 def _check_count(value: int, key: str) -> None:
     """Integer settings are counts, sizes or seeds: a bad one would fail deep inside a run."""
     name = key.rsplit(".", 1)[-1]
-    low = 0 if name in ZERO_OK or name.endswith("seed") else 1
+    low = 0 if name in ZERO_OK or name.endswith("seed") else AT_LEAST.get(name, 1)
     if value < low:
         raise UserError(f"config key {key!r} must be >= {low}, got {value}")
     if name.endswith("seed") and value >= 2**32:

@@ -356,6 +356,8 @@ def test_bad_config_is_exit_2(tmp_path, capsys):
     assert "unknown config key 'model.colour'" in capsys.readouterr().err
     assert train("omniglot_5w1s_anil.yaml", tmp_path / "b", tmp_path, "model.batch_norm=layer") == 2
     assert "model.batch_norm" in capsys.readouterr().err
+    assert train("omniglot_5w1s_anil.yaml", tmp_path / "c", tmp_path, "task.ways=1") == 2
+    assert "'task.ways' must be >= 2" in capsys.readouterr().err
 
 
 def test_configs_hold_the_reference_hyperparameters():
