@@ -33,20 +33,21 @@ def _kind_module(kind: str):
 RESUME_SETTABLE = ("training.iterations", "logging.checkpoint_every", "logging.snapshot_every")
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= low, so a bad count is a usage error rather than a traceback later."""
+def _at_least(low: int, seed: bool = False) -> Callable[[str], int]:
+    """argparse type: an integer >= low (a seed also < 2**32, as config seeds), so a bad count is a usage
+    error rather than a traceback later."""
 
     def parse(text: str) -> int:
         value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value < low or (seed and value >= 2**32):
+            raise argparse.ArgumentTypeError(f"must be >= {low}{' and < 2**32' if seed else ''}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {low}"
     return parse
 
 
-COUNT, STEPS, SEED = _at_least(1), _at_least(0), _at_least(0)
+COUNT, STEPS, SEED = _at_least(1), _at_least(0), _at_least(0, seed=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -153,6 +153,9 @@ def test_resume_refuses_changes_to_the_experiment(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a bad count on the command line is a usage error
         main(["evaluate", str(run), "--tasks", "0"])
     assert e.value.code == 2 and "--tasks: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # test seeds take the range of config seeds
+        main(["evaluate", str(run), "--seed", str(2**32)])
+    assert e.value.code == 2 and "--seed: must be >= 0 and < 2**32" in capsys.readouterr().err
 
 
 def _cli(*args, **kw):
