@@ -69,7 +69,9 @@ def _model() -> mujoco.MjModel:
     """The compiled model, shared read-only: compiling it per env costs time.
 
     MuJoCo 4 deprecates the XML's `settotalmass` (a warning at each compile, removal to come), so the
-    total mass is set on the compiled model instead; every model array comes out equal to gymnasium's.
+    total mass is set on the compiled model instead, and the two statistics the compiler derives from the
+    masses are redone (the solver scales its tolerance by `meaninertia`): every model array and statistic
+    comes out equal to gymnasium's compile.
     """
     xml = XML_PATH.read_text()
     total = re.search(r'\s+settotalmass="([^"]+)"', xml)
@@ -77,7 +79,19 @@ def _model() -> mujoco.MjModel:
         return mujoco.MjModel.from_xml_string(xml)
     model = mujoco.MjModel.from_xml_string(xml.replace(total.group(0), ""))
     mujoco.mj_setTotalmass(model, float(total.group(1)))
-    mujoco.mj_setConst(model, mujoco.MjData(model))
+    data = mujoco.MjData(model)
+    mujoco.mj_setConst(model, data)
+    mujoco.mj_resetData(model, data)
+    mujoco.mj_forward(model, data)  # the mass matrix at qpos0
+    inertia = np.zeros((model.nv, model.nv))
+    mujoco.mj_fullM(model, data, inertia)
+    trace, mass = 0.0, 0.0
+    for i in range(model.nv):  # summed in the compiler's order, for equal bits
+        trace += inertia[i, i]
+    for body in range(1, model.nbody):  # body 0 is the world
+        mass += model.body_mass[body]
+    model.stat.meaninertia = trace / model.nv
+    model.stat.meanmass = mass / (model.nbody - 1)
     return model
 
 

@@ -224,6 +224,9 @@ def test_model_without_the_deprecated_settotalmass_equals_gymnasiums_compile():
     assert len(arrays) > 100 and "body_mass" in arrays and "body_inertia" in arrays
     assert theirs.body_mass.sum() == pytest.approx(14.0)
     assert [name for name in arrays if not np.array_equal(getattr(ours, name), getattr(theirs, name))] == []
+    for stat in ("meaninertia", "meanmass", "meansize", "extent"):  # meaninertia scales the solver's tolerance
+        assert getattr(ours.stat, stat) == getattr(theirs.stat, stat), stat
+    assert np.array_equal(ours.stat.center, theirs.stat.center)
 
 
 # check_env's advice for the unbounded observation and the +-action_scale raw-output range
