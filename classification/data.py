@@ -232,7 +232,7 @@ def _read_omniglot_npz(path: Path, set_name: str) -> tuple[np.ndarray, list[str]
             papers, labels = npz["images"], npz["labels"]
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         # numpy's own message for a non-npz file suggests loading pickles, which is no fix here
-        detail = f"no array {error}" if isinstance(error, KeyError) else "not a readable npz file"
+        detail = str(error.args[0]) if isinstance(error, KeyError) else "not a readable npz file"
         raise UserError(
             f"{path} is not an Omniglot npz with arrays 'images' (bool, n x 20 x 105 x 105, True = white "
             f"paper) and 'labels' ({detail}). Replace it, or delete it and put the official archive "

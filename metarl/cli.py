@@ -53,7 +53,7 @@ COUNT, STEPS, SEED = _at_least(1), _at_least(0), _at_least(0, seed=True)
 def cmd_train(args: argparse.Namespace) -> int:
     from metarl.config import DEFAULTS, deep_update, dump, load_config, merge, parse_overrides
     from metarl.runs import CHECKPOINT, RunDir, restore_rng_state, seed_everything
-    from metarl.training import train
+    from metarl.training import finite, train
 
     if args.resume:
         if args.config or args.seed is not None:
@@ -83,6 +83,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{str(run.path)!r} has training records but no {CHECKPOINT}; restore it or train elsewhere")
     if state is not None:  # refuses a checkpoint whose RNG state is missing or damaged, before any write
         restore_rng_state(state.get("rng"), rng)
+        if not finite(state["model"]):
+            raise UserError(
+                f"the checkpoint of {str(run.path)!r} holds non-finite weights (a diverged run); "
+                "copy an earlier snapshots/iter_N.pt over it to go back"
+            )
     if state is not None and state["iteration"] > config["training"]["iterations"]:
         raise UserError(f"{str(run.path)!r} is at iteration {state['iteration']}; training.iterations cannot be less")
     if state is not None:  # before anything is written: a checkpoint that no longer fits config.yaml is refused
@@ -94,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {run.path}", file=sys.stderr)
     if state is not None and state["iteration"] == config["training"]["iterations"]:
         print(f"already at iteration {state['iteration']} of {state['iteration']}; nothing to train", file=sys.stderr)
+        print(str(run.path))
+        return 0
     if not args.resume:
         print(dump(config), file=sys.stderr, end="")
     train(run, exp, rng, config["logging"], state=state, show_progress=not args.quiet)
@@ -252,10 +259,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for snap in [*runs[0].snapshots(), None]:
             s = runs[0].load_checkpoint(snap)
             if s["iteration"] not in tables:
-                tables[s["iteration"]] = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
+                table = report.compare(*mod.capture(configs[0], s, probe, args.adapt), args.conv)
+                if tables and _table_shape(table) != _table_shape(next(iter(tables.values()))):
+                    raise UserError(f"{out / 'over_training.json'} holds other layers than this run's; move it away")
+                tables[s["iteration"]] = table
         tables = dict(sorted(tables.items()))
-        if len({_table_shape(t) for t in tables.values()}) > 1:
-            raise UserError(f"{out / 'over_training.json'} holds other layers than this run's; move it away")
         result = {**settings, "over_training": tables, "reused": reused}
         result["png"] = str(report.line_chart(tables, out / "over_training.png", f"{name}: before vs after adaptation"))
         result["json"] = str(report.write_json(result, out / "over_training.json"))

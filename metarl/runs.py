@@ -57,12 +57,14 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
     """Without every generator's state a run cannot continue exactly, so a damaged one is refused."""
+    if not isinstance(state, dict):
+        raise UserError("the checkpoint holds no RNG state, so it cannot resume exactly")
     try:
         rng.bit_generator.state = state["numpy_generator"]
         torch.set_rng_state(state["torch"])
         random.setstate(state["python"])
         np.random.set_state(state["numpy_global"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         detail = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         raise UserError(f"the checkpoint's RNG state is missing or damaged ({detail}); it cannot resume") from None
 

@@ -95,8 +95,8 @@ def train(
             metrics["iteration_s"] = time.perf_counter() - t0
             if not finite(exp.state()):
                 raise UserError(
-                    f"training diverged at iteration {it}: the weights are no longer finite; "
-                    f"{run.path / CHECKPOINT} is left as it was (iteration {saved})"
+                    f"training diverged at iteration {it}: the weights are no longer finite; {run.path / CHECKPOINT} "
+                    f"is left as it was (iteration {saved}), and resuming repeats this: change a step size or the seed"
                 )
             metrics["rss_mb"] = resident_mb()
             for key, tag in exp.tensorboard_tags.items():

@@ -336,6 +336,8 @@ def test_damaged_or_foreign_run_files_are_refused_and_lose_nothing(tmp_path, cap
     one_line_error(capsys, ["train", cfg, "--out", str(lone)], "already holds", "metrics.jsonl")
     assert (lone / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
     assert not (lone / "config.yaml").exists()
+    (tmp_path / "events_only" / "tb").mkdir(parents=True)  # another run's TensorBoard events alone count too
+    one_line_error(capsys, ["train", cfg, "--out", str(tmp_path / "events_only")], "already holds", "(tb)")
     # another kind of run's checkpoint (no policy in it)
     torch.save({**good, "model": {"model": {}, "optimizer": {}, "sampler": {}}}, ckpt)
     longer = ["--set", "training.iterations=2"]
@@ -347,21 +349,20 @@ def test_damaged_or_foreign_run_files_are_refused_and_lose_nothing(tmp_path, cap
     torch.save({**good, "rng": {"torch": good["rng"]["torch"]}}, ckpt)
     one_line_error(capsys, ["train", "--resume", str(run), *longer], "RNG state is missing or damaged")
     assert (run / "config.yaml").read_text() == config_text
-    # NaN weights: training stops at the first iteration and leaves the checkpoint as it was
+    # NaN weights (a diverged run's checkpoint): refused before any write
     nan = {**good, "model": {**good["model"], "policy": {k: v.clone() for k, v in good["model"]["policy"].items()}}}
     next(iter(nan["model"]["policy"].values())).fill_(float("nan"))
     torch.save(nan, ckpt)
     saved, rows = ckpt.read_bytes(), (run / "metrics.jsonl").read_text()
-    assert main(["train", "--resume", str(run), "--quiet", *longer]) == 2
-    err = capsys.readouterr().err  # "run directory: ..." first: the error comes mid-run
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("metarl: error: training diverged at")
-    assert "iteration 1:" in err and "left as it was (iteration 1)" in err
+    one_line_error(capsys, ["train", "--resume", str(run), *longer], "non-finite weights", "snapshots/iter_N.pt")
     assert ckpt.read_bytes() == saved and (run / "metrics.jsonl").read_text() == rows
+    assert (run / "config.yaml").read_text() == config_text
     torch.save(good, ckpt)
-    (run / "config.yaml").write_text(config_text)
     # a finished run resumes to nothing, and says so
+    rows = (run / "metrics.jsonl").read_text()
     assert main(["train", "--resume", str(run)]) == 0
     assert "already at iteration 1 of 1; nothing to train" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == rows
     one_line_error(capsys, ["evaluate", str(run), "--checkpoint", "snapshots"], "is a directory")
     for argv in (["analyze", str(run)], ["summarize", str(run)]):
         one_line_error(capsys, [*argv, "--data-root", str(tmp_path)], "RL runs read no data")
@@ -383,6 +384,33 @@ def test_damaged_or_foreign_run_files_are_refused_and_lose_nothing(tmp_path, cap
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [1, 2]\n")
     one_line_error(capsys, ["train", str(bad), "--set", "training.iterations=1"], "'training' must be a mapping")
+
+
+def test_training_stops_when_the_weights_diverge_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    from metarl.rl import RLExperiment
+    from metarl.training import finite
+
+    assert finite({"a": [torch.ones(2), None, (torch.zeros(1, dtype=torch.uint8),)]})
+    assert not finite({"a": [torch.ones(2), {"b": torch.tensor([1.0, float("inf")])}]})
+    real = RLExperiment.iteration
+
+    def diverges_at_three(self, it):
+        metrics = real(self, it)
+        if it == 3:
+            with torch.no_grad():
+                next(self.policy.parameters()).fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(RLExperiment, "iteration", diverges_at_three)
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "configs/rl/navigation2d_anil.yaml"), "--out", str(out), "--quiet"]
+    args += sum([["--set", x] for x in [*TINY, "training.iterations=6", "logging.checkpoint_every=2"]], [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("metarl: error: training diverged at iteration 3") and "(iteration 2)" in err[-1]
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 2 and finite(state["model"])
+    assert [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
 def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, capsys, monkeypatch):
@@ -419,7 +447,7 @@ def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path,
     del state["rng"]
     torch.save(state, out / "checkpoint.pt")
     capsys.readouterr()
-    one_line_error(capsys, ["train", "--resume", str(out), "--set", "training.iterations=6"], "RNG state is missing")
+    one_line_error(capsys, ["train", "--resume", str(out), "--set", "training.iterations=6"], "holds no RNG state")
     one_line_error(capsys, ["plot", str(out), "--out", str(tmp_path / "d.png"), "--ylim", "nan", "1"], "--ylim")
 
 
