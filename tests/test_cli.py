@@ -559,6 +559,13 @@ def test_analyze_rl_run_single_pair_and_checkpoints(tmp_path, capsys):
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--seed", "5", "--json"]) == 0
     other = json.loads(capsys.readouterr().out)
     assert other["reused"] == 0 and sorted(int(k) for k in other["over_training"]) == [0, 2]
+    # another network's rows (other layers) with the same settings: refused at the first snapshot analysed afresh
+    foreign = json.loads(Path(other["json"]).read_text())
+    foreign["over_training"] = {"2": {f"other_{k}": v for k, v in foreign["over_training"]["2"].items()}}
+    Path(other["json"]).write_text(json.dumps(foreign))
+    assert main(["analyze", str(a), "--checkpoints", "--tasks", "2", "--seed", "5"]) == 2
+    assert "holds other layers than this run's" in capsys.readouterr().err
+    assert json.loads(Path(other["json"]).read_text()) == foreign  # kept as it was
     Path(r["json"]).write_text("{ truncated")
     assert main(["analyze", str(a), "--checkpoints", "--tasks", "2"]) == 2
     assert "is not an over-training analysis" in capsys.readouterr().err
