@@ -81,17 +81,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = run.load_checkpoint() if args.resume and run.has_checkpoint() else None
     if args.resume and state is None and run.has_records():
         raise UserError(f"{str(run.path)!r} has training records but no {CHECKPOINT}; restore it or train elsewhere")
-    if state is not None:  # refuses a checkpoint whose RNG state is missing or damaged, before any write
-        restore_rng_state(state.get("rng"), rng)
+    if state is not None:  # before anything is written: a checkpoint the run cannot continue from is refused
+        restore_rng_state(state.get("rng"), rng)  # refuses a missing or damaged RNG state
         if not finite(state["model"]):
             raise UserError(
                 f"the checkpoint of {str(run.path)!r} holds non-finite weights (a diverged run); "
                 "copy an earlier snapshots/iter_N.pt over it to go back"
             )
-    if state is not None and state["iteration"] > config["training"]["iterations"]:
-        raise UserError(f"{str(run.path)!r} is at iteration {state['iteration']}; training.iterations cannot be less")
-    if state is not None:  # before anything is written: a checkpoint that no longer fits config.yaml is refused
-        exp.load_state(state["model"])
+        if state["iteration"] > config["training"]["iterations"]:
+            at = state["iteration"]
+            raise UserError(f"{str(run.path)!r} is at iteration {at}; training.iterations cannot be less")
+        exp.load_state(state["model"])  # refuses a checkpoint that no longer fits config.yaml
     if not args.resume:
         run = RunDir.create(run.path, config)
     elif args.set:

@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from metarl.errors import UserError
-from metarl.runs import CHECKPOINT, RunDir, restore_rng_state, rng_state
+from metarl.runs import CHECKPOINT, RunDir, rng_state
 
 
 class Experiment(Protocol):
@@ -63,12 +63,11 @@ def train(
     state: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Run `exp` until its last iteration, continuing from checkpoint `state` if given
-    (whose model the caller has loaded into `exp`, so that a misfit is refused before any write)."""
+    """Run `exp` until its last iteration, continuing from checkpoint `state` if given (whose model the
+    caller has loaded into `exp` and whose RNG state into `rng`, so that a misfit is refused before any write)."""
     start = 0
     run.remove_stale_temp_files()
     if state is not None:
-        restore_rng_state(state["rng"], rng)
         start = state["iteration"]
     else:
         # The initial state: a run killed before its first periodic checkpoint resumes from here, and
