@@ -63,6 +63,9 @@ class OuterConfig:
     baseline_reg: float = 1e-5
     baseline_clip_obs: float | None = None
     step_weighting: str = "episode"  # or "step": see Episodes.weights
+    # "pre": the post-adaptation batch's baseline is the one fitted on the task's pre-adaptation
+    # batch, as pytorch-maml-rl's first release had it; "own": each batch is fitted on itself.
+    post_baseline: str = "own"
 
 
 class MetaLearner:
@@ -91,10 +94,14 @@ class MetaLearner:
         self.analytic = AnalyticMLP(policy) if AnalyticMLP.supports(policy) else None
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.outer_lr) if cfg.outer == "vpg" else None
 
-    def advantages(self, ep: Episodes) -> Tensor:
+    def advantages(self, ep: Episodes, fit_on: Episodes | None = None) -> Tensor:
+        """Standardised advantages of `ep`, its baseline fitted on `fit_on` (else on `ep`)."""
         c = self.cfg
         w = self.weights(ep).view_as(ep.mask)
-        adv = advantages(ep.obs, ep.rewards, ep.mask, c.gamma, c.gae_lambda, c.baseline_reg, c.baseline_clip_obs, w)
+        other = None if fit_on is None else (fit_on.obs, fit_on.rewards, fit_on.mask)
+        adv = advantages(
+            ep.obs, ep.rewards, ep.mask, c.gamma, c.gae_lambda, c.baseline_reg, c.baseline_clip_obs, w, other
+        )
         return adv.reshape(ep.num_tasks, -1)
 
     def weights(self, ep: Episodes) -> Tensor:
@@ -172,7 +179,7 @@ class MetaLearner:
         """One outer update from pre- and post-adaptation episodes of the same tasks (`pre_adv`: the
         advantages of `pre` if already computed, as the sampler's inner step has)."""
         pre_adv = self.advantages(pre) if pre_adv is None else pre_adv
-        post_adv = self.advantages(post)
+        post_adv = self.advantages(post, pre if self.cfg.post_baseline == "pre" else None)
         params = meta_parameters(self.policy)
         make = _AnalyticOuter if self.analytic is not None else _AutogradOuter
         problem = make(self, params, pre, pre_adv, post, post_adv)

@@ -36,8 +36,10 @@ def fit_linear_baseline(
     mask: Tensor,
     reg: float = 1e-5,
     clip_obs: float | None = None,
+    predict_obs: Tensor | None = None,
 ) -> Tensor:
-    """Per-task ridge regression of returns on the features; returns values (T, N, H).
+    """Per-task ridge regression of returns on the features; returns values (T, N, H) on
+    `predict_obs` (another batch of the same tasks), else on the batch fitted.
 
     As in rllab, the regulariser is multiplied by 10 (up to 5 times) while the solve is
     not finite, task by task: one task's bad batch leaves the others' fits alone. The solve is
@@ -58,6 +60,8 @@ def fit_linear_baseline(
         if not todo.any():
             break
         reg *= 10
+    if predict_obs is not None:
+        feats = baseline_features(predict_obs, clip_obs).double()
     return (feats @ coef.unsqueeze(1)).squeeze(-1).to(returns.dtype)
 
 
@@ -95,7 +99,13 @@ def advantages(
     reg: float = 1e-5,
     clip_obs: float | None = None,
     weights: Tensor | None = None,
+    fit_on: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """Fit each task's baseline on its own batch, then standardised GAE on that batch."""
-    values = fit_linear_baseline(obs, discounted_returns(rewards, mask, gamma), mask, reg, clip_obs)
+    """Fit each task's baseline on its own batch, or on `fit_on` = (obs, rewards, mask) of another
+    batch of the same tasks, then standardised GAE on this batch."""
+    if fit_on is None:
+        values = fit_linear_baseline(obs, discounted_returns(rewards, mask, gamma), mask, reg, clip_obs)
+    else:
+        f_obs, f_rewards, f_mask = fit_on
+        values = fit_linear_baseline(f_obs, discounted_returns(f_rewards, f_mask, gamma), f_mask, reg, clip_obs, obs)
     return standardize_per_task(gae(rewards, values * mask, mask, gamma, lam), mask, weights)

@@ -48,6 +48,7 @@ RL_DEFAULTS: dict[str, Any] = {
         "baseline_reg": 1e-5,
         "baseline_clip_obs": None,
         "step_weighting": "episode",
+        "post_baseline": "own",
         "torch_threads": 1,
     },
     "evaluation": {"tasks": 40, "inner_steps": 1, "inner_lr": None, "trajectories_per_task": 20, "seed": 1000},
@@ -88,6 +89,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kind": ("rl", "classification"),
     "training.outer": ("trpo", "vpg"),
     "training.step_weighting": ("episode", "step"),
+    "training.post_baseline": ("own", "pre"),
     "policy.activation": ("tanh", "relu"),
 }
 

@@ -48,14 +48,16 @@ def _returns(r: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
-def _reference(obs, rewards, mask, clip=None):
-    """Per task: ridge fit on that task's episodes, GAE with value 0 after the last step, then
-    standardised with the mean of per-episode means (each episode weighs the same)."""
+def _reference(obs, rewards, mask, clip=None, fit_on=None):
+    """Per task: ridge fit on that task's episodes (or on those of `fit_on`, another batch), GAE with
+    value 0 after the last step, then standardised with the mean of per-episode means (each episode
+    weighs the same)."""
     out = []
     for t in range(obs.shape[0]):
         eps = _episodes(obs, rewards, mask, t)
-        x = np.concatenate([_features(o, clip) for o, _ in eps])
-        y = np.concatenate([_returns(r, GAMMA) for _, r in eps])
+        fit = eps if fit_on is None else _episodes(*fit_on, t)
+        x = np.concatenate([_features(o, clip) for o, _ in fit])
+        y = np.concatenate([_returns(r, GAMMA) for _, r in fit])
         coef = np.linalg.solve(x.T @ x + REG * np.eye(x.shape[1]), x.T @ y)
         advs = []
         for o, r in eps:
@@ -76,6 +78,28 @@ def test_advantages_match_per_episode_reference(clip):
         for n, ref in enumerate(per_episode):
             np.testing.assert_allclose(got[t, n, : len(ref)].numpy(), ref, rtol=0, atol=1e-10)
             assert (got[t, n, len(ref) :] == 0).all()  # nothing leaks past an episode's end
+
+
+def test_advantages_with_the_baseline_of_another_batch_match_the_reference():
+    """training.post_baseline=pre: the post-adaptation batch's values come from the fit on the same task's
+    pre-adaptation batch (other episodes, other lengths), not from a fit on itself."""
+    obs, rewards, mask = _batch()
+    g = torch.Generator().manual_seed(3)
+    pre_mask = torch.ones_like(mask)
+    pre_mask[0, 2, 3:] = 0
+    pre = (
+        torch.randn(obs.shape, generator=g, dtype=torch.float64) * pre_mask[..., None],
+        torch.randn(mask.shape, generator=g, dtype=torch.float64) * pre_mask,
+        pre_mask,
+    )
+    w = Episodes(obs, torch.zeros(*mask.shape, 1, dtype=torch.float64), rewards, mask).weights("episode")
+    got = advantages(obs, rewards, mask, GAMMA, LAM, REG, None, w.view_as(mask), pre)
+    own = advantages(obs, rewards, mask, GAMMA, LAM, REG, None, w.view_as(mask))
+    for t, per_episode in enumerate(_reference(obs, rewards, mask, fit_on=pre)):
+        for n, ref in enumerate(per_episode):
+            np.testing.assert_allclose(got[t, n, : len(ref)].numpy(), ref, rtol=0, atol=1e-10)
+            assert (got[t, n, len(ref) :] == 0).all()
+    assert not torch.allclose(got, own)  # the other batch's fit is not this batch's
 
 
 def test_returns_and_gae_stop_at_episode_end():

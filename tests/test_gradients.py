@@ -245,3 +245,21 @@ def test_analytic_first_order_adapt_equals_inner_update(setup, spec, lrs):
     assert fast.keys() == slow.keys()
     for n in fast:
         assert fast[n].shape == slow[n].shape and torch.allclose(fast[n], slow[n], atol=1e-12), n
+
+
+@pytest.mark.parametrize("post_baseline", ["own", "pre"])
+def test_the_outer_step_fits_the_post_batch_baseline_where_configured(setup, post_baseline):
+    """training.post_baseline: the outer surrogate's advantages come from a baseline fitted on the post
+    batch itself ("own") or on the same tasks' pre-adaptation batch ("pre", pytorch-maml-rl v1)."""
+    policy, pre, post = setup
+    ml = MetaLearner(policy, AdaptationSpec("full"), [0.3], False, OuterConfig(post_baseline=post_baseline))
+    seen, fit = [], ml.advantages
+
+    def spy(ep, fit_on=None):
+        seen.append((ep, fit_on))
+        return fit(ep, fit_on)
+
+    ml.advantages = spy
+    ml.step(pre, post)
+    assert seen[-1][0] is post and seen[-1][1] is (pre if post_baseline == "pre" else None)
+    assert not torch.allclose(fit(post, pre), fit(post))
