@@ -79,6 +79,14 @@ if [[ $what == halfcheetah || $what == all ]]; then
     train hc_dir_anil_rllab_s${s}_rllabenv configs/rl/halfcheetah_dir_anil_rllab.yaml --seed $s --set env.settings.nthread=1 \
       --set env.settings.obs_position=com --set env.settings.reset_noise=rllab
   done
+  # pytorch-maml-rl's first release (HalfCheetahDir-v1: frame skip 5, 200 steps, the raw output clipped
+  # to [-1, 1] as the control, 100x100 ReLU), the PyTorch code of the ANIL paper's time; seeds 0 and 1 ran together,
+  # then ANIL seed 2 beside MAML seed 0
+  for s in 0 1; do
+    train hc_dir_anil_v1_s$s configs/rl/halfcheetah_dir_anil_v1.yaml --seed $s --set env.settings.nthread=1
+  done
+  train hc_dir_anil_v1_s2 configs/rl/halfcheetah_dir_anil_v1.yaml --seed 2 --set env.settings.nthread=1
+  train hc_dir_maml_v1_s0 configs/rl/halfcheetah_dir_maml_v1.yaml --seed 0 --set env.settings.nthread=1
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps

@@ -4,8 +4,8 @@
 # RUNS defaults to the committed checkpoints in results/runs/. `trends` evaluates training
 # snapshots, which results/runs/ leaves out for size: give it the run directories that
 # scripts/paper_runs.sh trains (`scripts/tables.sh trends runs`).
-# Usage: scripts/tables.sh [nav|halfcheetah|rllab|omniglot|trends|all] [RUNS]
-# (rllab: only the HalfCheetah tables of Finn et al.'s rllab setting, which halfcheetah includes)
+# Usage: scripts/tables.sh [nav|halfcheetah|rllab|v1|omniglot|trends|all] [RUNS]
+# (rllab, v1: only the HalfCheetah tables of Finn et al.'s rllab setting, of pytorch-maml-rl v1's; halfcheetah includes both)
 # (METARL_DATA: the folder holding omniglot/, default ../shared/data)
 set -euo pipefail
 shopt -s nullglob  # a pattern that matches nothing is an error below, not a literal path
@@ -95,6 +95,14 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   A=results/analysis
   table rl_similarity_1step py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s? $A/hc_dir_maml_rllab_s?
   table rl_similarity_3steps py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s?_3steps $A/hc_dir_maml_rllab_s?_3steps
+fi
+
+if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
+  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU), ANIL seeds 0 and 1
+  table hc_dir_v1 metarl summarize $R/hc_dir_anil_v1_s? "${E[@]}"
+  for run in $R/hc_dir_anil_v1_s?; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
+  table hc_dir_v1_curves py scripts/window_means.py $R/hc_dir_anil_v1_s?
+  by_task_tables $R/hc_dir_anil_v1_s?
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
