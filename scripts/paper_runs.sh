@@ -87,6 +87,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   train hc_dir_anil_v1_s2 configs/rl/halfcheetah_dir_anil_v1.yaml --seed 2 --set env.settings.nthread=1
   train hc_dir_maml_v1_s0 configs/rl/halfcheetah_dir_maml_v1.yaml --seed 0 --set env.settings.nthread=1
+  # seed 0, which stalled, again with that release's last detail: the post batch's baseline fitted on the pre batch
+  train hc_dir_anil_v1_s0_prebase configs/rl/halfcheetah_dir_anil_v1.yaml --seed 0 --set env.settings.nthread=1 \
+    --set training.post_baseline=pre
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
@@ -98,6 +101,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "HalfCheetah-Direction, seeds 0-2"
   metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100} --out results/figures/halfcheetah_dir_anil_ablations.png \
     --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
+  metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2} $RUNS/hc_dir_maml_v1_s0 --out results/figures/halfcheetah_dir_v1_curves.png \
+    --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-2, MAML seed 0"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
     --title "HalfCheetah-Velocity, seeds 0-2 (40 tasks x 20 trajectories per iteration)"
 fi
