@@ -98,11 +98,13 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
-  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU), ANIL seeds 0 and 1
+  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU): ANIL seeds 0-2, MAML seed 0
+  v1=($R/hc_dir_{anil,maml}_v1_s?)
   table hc_dir_v1 metarl summarize $R/hc_dir_anil_v1_s? "${E[@]}"
-  for run in $R/hc_dir_anil_v1_s?; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
-  table hc_dir_v1_curves py scripts/window_means.py $R/hc_dir_anil_v1_s?
-  by_task_tables $R/hc_dir_anil_v1_s?
+  table hc_dir_maml_v1 metarl summarize $R/hc_dir_maml_v1_s? "${E[@]}" --adapt full --adapt head
+  for run in "${v1[@]}"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
+  table hc_dir_v1_curves py scripts/window_means.py "${v1[@]}"
+  by_task_tables "${v1[@]}"
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
