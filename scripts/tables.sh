@@ -98,10 +98,12 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
-  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU): ANIL seeds 0-2, MAML seed 0
-  v1=($R/hc_dir_{anil,maml}_v1_s?)
+  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU): ANIL seeds 0-2,
+  # MAML seed 0, and ANIL seed 0 with the post batch's baseline fitted on the pre batch (_prebase)
+  v1=($R/hc_dir_{anil,maml}_v1_s? $R/hc_dir_anil_v1_s0_prebase)
   table hc_dir_v1 metarl summarize $R/hc_dir_anil_v1_s? "${E[@]}"
   table hc_dir_maml_v1 metarl summarize $R/hc_dir_maml_v1_s? "${E[@]}" --adapt full --adapt head
+  table hc_dir_anil_v1_prebase metarl summarize $R/hc_dir_anil_v1_s0_prebase "${E[@]}"
   for run in "${v1[@]}"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
   table hc_dir_v1_curves py scripts/window_means.py "${v1[@]}"
   by_task_tables "${v1[@]}"
