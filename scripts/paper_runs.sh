@@ -82,10 +82,9 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # pytorch-maml-rl's first release (HalfCheetahDir-v1: frame skip 5, 200 steps, the raw output clipped
   # to [-1, 1] as the control, 100x100 ReLU), the PyTorch code of the ANIL paper's time; seeds 0 and 1 ran together,
   # then ANIL seed 2 beside MAML seed 0
-  for s in 0 1; do
+  for s in 0 1 2; do
     train hc_dir_anil_v1_s$s configs/rl/halfcheetah_dir_anil_v1.yaml --seed $s --set env.settings.nthread=1
   done
-  train hc_dir_anil_v1_s2 configs/rl/halfcheetah_dir_anil_v1.yaml --seed 2 --set env.settings.nthread=1
   train hc_dir_maml_v1_s0 configs/rl/halfcheetah_dir_maml_v1.yaml --seed 0 --set env.settings.nthread=1
   # seed 0, which stalled, again with that release's last detail: the post batch's baseline fitted on the pre batch
   train hc_dir_anil_v1_s0_prebase configs/rl/halfcheetah_dir_anil_v1.yaml --seed 0 --set env.settings.nthread=1 \
