@@ -89,6 +89,10 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # seed 0, which stalled, again with that release's last detail: the post batch's baseline fitted on the pre batch
   train hc_dir_anil_v1_s0_prebase configs/rl/halfcheetah_dir_anil_v1.yaml --seed 0 --set env.settings.nthread=1 \
     --set training.post_baseline=pre
+  # Velocity in that release's setting too (HalfCheetahVel-v1, goals uniform in [0, 2]), ANIL beside MAML
+  for m in anil maml; do
+    train hc_vel_${m}_v1_s0 configs/rl/halfcheetah_vel_${m}_v1.yaml --seed 0 --set env.settings.nthread=1
+  done
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3}; do  # before tables.sh, which reads them
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
@@ -102,6 +106,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
   metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2} $RUNS/hc_dir_maml_v1_s0 --out results/figures/halfcheetah_dir_v1_curves.png \
     --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-2, MAML seed 0"
+  metarl plot $RUNS/hc_vel_{anil,maml}_v1_s0 --out results/figures/halfcheetah_vel_v1_curves.png \
+    --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting (horizon 200): ANIL and MAML seed 0"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
     --title "HalfCheetah-Velocity, seeds 0-2 (40 tasks x 20 trajectories per iteration)"
 fi
