@@ -107,7 +107,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2} $RUNS/hc_dir_maml_v1_s0 --out results/figures/halfcheetah_dir_v1_curves.png \
     --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-2, MAML seed 0"
   metarl plot $RUNS/hc_vel_{anil,maml}_v1_s0 --out results/figures/halfcheetah_vel_v1_curves.png \
-    --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting (horizon 200): ANIL and MAML seed 0"
+    --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting: ANIL and MAML seed 0"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
     --title "HalfCheetah-Velocity, seeds 0-2 (40 tasks x 20 trajectories per iteration)"
 fi
