@@ -4,7 +4,9 @@ Random uint8 images of the right shape stand in for the data (the cost does not 
 pixels), so the benchmark runs anywhere. The three methods run in the same process with their
 repetitions interleaved, so a change of machine load hits all of them alike; the median is
 reported. Each timed iteration is a full training iteration (task sampling, inner loop, outer
-Adam step, accuracy metrics), as `metarl train` runs it.
+Adam step, accuracy metrics), as `metarl train` runs it. The same run also times inference, the
+paper's other speed figure: adapting to one meta-batch of new tasks and predicting their queries,
+as `metarl evaluate` does (first-order steps, no outer step).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 
 import classification.config  # noqa: F401  (registers the classification schema)
 from classification.data import ClassImages
-from classification.experiment import ClassificationExperiment
+from classification.experiment import ClassificationExperiment, evaluation_learner
+from metarl.adaptation import evaluation_step_sizes, meta_parameters
 from metarl.config import DEFAULTS, merge
 from metarl.errors import UserError
 
@@ -35,6 +38,7 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 REFERENCE_EXAMPLE_S, REFERENCE_TARGET_S = 2.0, 0.4
 METHODS = {"maml": ("full", False), "fomaml": ("full", True), "anil": ("head", False)}
+INFERENCE = ("maml", "anil")  # first-order MAML adapts at test time exactly as MAML does
 _SHAPES = {"omniglot": ("conv4-omniglot", 1, 28), "mini": ("conv4-miniimagenet", 3, 84)}
 
 
@@ -88,6 +92,7 @@ def meta_step(task: str, repeats: int = 5, threads: int | None = None) -> dict[s
             exp.iteration(r + 1)
             times[name].append(time.perf_counter() - t0)
     seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    inference = inference_seconds({name: experiments[name] for name in INFERENCE}, repeats)
     s = TASKS[task]
     result: dict[str, Any] = {
         "benchmark": "meta-step",
@@ -95,6 +100,8 @@ def meta_step(task: str, repeats: int = 5, threads: int | None = None) -> dict[s
         "seconds_per_iteration": seconds,
         "maml_over_anil": seconds["maml"] / seconds["anil"],
         "fomaml_over_anil": seconds["fomaml"] / seconds["anil"],
+        "inference_seconds_per_batch": inference,
+        "maml_over_anil_inference": inference["maml"] / inference["anil"],
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "settings": {
@@ -103,6 +110,7 @@ def meta_step(task: str, repeats: int = 5, threads: int | None = None) -> dict[s
             "queries_per_class": s["queries"],
             "meta_batch_size": s["tasks"],
             "inner_steps": s["steps"],
+            "inference_inner_steps": DEFAULTS["classification"]["evaluation"]["inner_steps"],
             "backbone": _SHAPES[s["data"]][0],
             "image_size": _SHAPES[s["data"]][2],
             "data": "synthetic random uint8",
@@ -115,3 +123,33 @@ def meta_step(task: str, repeats: int = 5, threads: int | None = None) -> dict[s
             target_s=REFERENCE_TARGET_S,
         )
     return result
+
+
+def inference_seconds(experiments: dict[str, ClassificationExperiment], repeats: int) -> dict[str, float]:
+    """Median seconds to adapt to one meta-batch of tasks and predict its queries, per method.
+
+    Every method sees the same tasks and adapts as `metarl evaluate` does by default: the config's
+    evaluation steps (10) of first-order gradient descent under `no_grad`. ANIL runs the body once
+    per image, MAML once per step and once more for the queries.
+    """
+    first = next(iter(experiments.values()))
+    batch = first.sampler.sample_batch(first.meta_batch_size)
+    runs = {}
+    for name, exp in experiments.items():
+        c = exp.config
+        lrs = evaluation_step_sizes(c, c["evaluation"]["inner_steps"])
+        learner = evaluation_learner(c, exp.model, c["adaptation"]["spec"], lrs)
+        params = {k: v.detach() for k, v in meta_parameters(exp.model).items()}
+        runs[name] = (exp.model, learner, params)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(repeats + 1):  # the first round warms up
+        for name, (model, learner, params) in runs.items():
+            model.eval()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                learner.query_logits(params, batch)
+            elapsed = time.perf_counter() - t0
+            model.train()
+            if r:
+                times[name].append(elapsed)
+    return {name: statistics.median(ts) for name, ts in times.items()}

@@ -272,4 +272,9 @@ def format_result(r: dict[str, Any]) -> str:
             )
         lines.append(f"  {name:<7} {s:8.3f}{extra}")
     lines.append(f"  maml/anil {r['maml_over_anil']:.2f}")
+    if "inference_seconds_per_batch" in r:
+        inf = r["inference_seconds_per_batch"]
+        lines.append("inference: seconds to adapt to one meta-batch of new tasks and predict (median)")
+        lines += [f"  {name:<7} {s:8.3f}" for name, s in inf.items()]
+        lines.append(f"  maml/anil {r['maml_over_anil_inference']:.2f}")
     return "\n".join(lines)

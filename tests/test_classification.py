@@ -22,6 +22,7 @@ from classification.data import ClassImages, Task, TaskSampler
 from classification.experiment import ClassificationExperiment, FewShotLearner, nil_logits, support_loss
 from classification.models import Conv4
 from metarl.adaptation import AdaptationSpec, meta_parameters
+from metarl.bench import format_result
 from metarl.cli import main
 from metarl.config import DEFAULTS, merge
 
@@ -386,6 +387,10 @@ def test_bench_meta_step_runs():
     r = bench.meta_step("omniglot-5w1s", repeats=1, threads=1)
     assert set(r["seconds_per_iteration"]) == {"maml", "fomaml", "anil"}
     assert r["threads"] == 1 and r["maml_over_anil"] > 0 and r["settings"]["ways"] == 5
+    inference = r["inference_seconds_per_batch"]
+    assert set(inference) == {"maml", "anil"} and min(inference.values()) > 0
+    assert r["maml_over_anil_inference"] == pytest.approx(inference["maml"] / inference["anil"])
+    assert "inference" in format_result(r)
 
 
 def test_synthetic_class_images_shape():
