@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,13 +86,9 @@ def meta_step(task: str, repeats: int = 5, threads: int | None = None) -> dict[s
         exp = ClassificationExperiment(task_config(task, spec, first_order), np.random.default_rng(0), splits)
         exp.iteration(0)  # warm-up: first-call allocations and kernel selection
         experiments[name] = exp
-    times: dict[str, list[float]] = {name: [] for name in METHODS}
-    for r in range(repeats):
-        for name, exp in experiments.items():
-            t0 = time.perf_counter()
-            exp.iteration(r + 1)
-            times[name].append(time.perf_counter() - t0)
-    seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    seconds = interleaved_medians(
+        {name: (lambda r, e=exp: e.iteration(r + 1)) for name, exp in experiments.items()}, repeats
+    )
     inference = inference_seconds({name: experiments[name] for name in INFERENCE}, repeats)
     s = TASKS[task]
     result: dict[str, Any] = {
@@ -134,22 +131,32 @@ def inference_seconds(experiments: dict[str, ClassificationExperiment], repeats:
     """
     first = next(iter(experiments.values()))
     batch = first.sampler.sample_batch(first.meta_batch_size)
-    runs = {}
+    calls = {}
     for name, exp in experiments.items():
         c = exp.config
         lrs = evaluation_step_sizes(c, c["evaluation"]["inner_steps"])
         learner = evaluation_learner(c, exp.model, c["adaptation"]["spec"], lrs)
         params = {k: v.detach() for k, v in meta_parameters(exp.model).items()}
-        runs[name] = (exp.model, learner, params)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(repeats + 1):  # the first round warms up
-        for name, (model, learner, params) in runs.items():
-            model.eval()
+        calls[name] = lambda r, learner=learner, params=params: learner.query_logits(params, batch)
+    for exp in experiments.values():
+        exp.model.eval()
+    try:
+        with torch.no_grad():
+            for call in calls.values():  # warm-up
+                call(0)
+            return interleaved_medians(calls, repeats)
+    finally:
+        for exp in experiments.values():
+            exp.model.train()
+
+
+def interleaved_medians(calls: dict[str, Callable[[int], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call(r) over rounds r = 0..repeats-1; the calls alternate within a round,
+    so a change of machine load hits every method alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(repeats):
+        for name, call in calls.items():
             t0 = time.perf_counter()
-            with torch.no_grad():
-                learner.query_logits(params, batch)
-            elapsed = time.perf_counter() - t0
-            model.train()
-            if r:
-                times[name].append(elapsed)
+            call(r)
+            times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
