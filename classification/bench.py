@@ -22,7 +22,6 @@ import torch
 import classification.config  # noqa: F401  (registers the classification schema)
 from classification.data import ClassImages
 from classification.experiment import ClassificationExperiment, evaluation_learner
-from metarl.adaptation import evaluation_step_sizes, meta_parameters
 from metarl.config import DEFAULTS, merge
 from metarl.errors import UserError
 
@@ -134,9 +133,7 @@ def inference_seconds(experiments: dict[str, ClassificationExperiment], repeats:
     calls = {}
     for name, exp in experiments.items():
         c = exp.config
-        lrs = evaluation_step_sizes(c, c["evaluation"]["inner_steps"])
-        learner = evaluation_learner(c, exp.model, c["adaptation"]["spec"], lrs)
-        params = {k: v.detach() for k, v in meta_parameters(exp.model).items()}
+        learner, params = evaluation_learner(c, exp.model, c["adaptation"]["spec"], c["evaluation"]["inner_steps"])
         calls[name] = lambda r, learner=learner, params=params: learner.query_logits(params, batch)
     for exp in experiments.values():
         exp.model.eval()

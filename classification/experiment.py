@@ -295,11 +295,15 @@ def trained_model(config: dict[str, Any], model_state: dict[str, Any], test: Cla
     return model
 
 
-def evaluation_learner(config: dict[str, Any], model: Conv4, spec: str, lrs: list[float]) -> FewShotLearner:
-    """The test-time inner loop: first-order steps on the adapted parameters of `spec`."""
-    return FewShotLearner(
-        model, AdaptationSpec(spec), lrs, True, config["adaptation"]["loss_reduction"], config["task"]["shots"]
-    )
+def evaluation_learner(
+    config: dict[str, Any], model: Conv4, spec: str, inner_steps: int
+) -> tuple[FewShotLearner, Params]:
+    """The test-time inner loop (`inner_steps` first-order steps on the parameters of `spec`) and the
+    detached meta-parameters it starts from: what evaluation, layer captures and the inference bench share."""
+    lrs = evaluation_step_sizes(config, inner_steps)
+    a = config["adaptation"]
+    learner = FewShotLearner(model, AdaptationSpec(spec), lrs, True, a["loss_reduction"], config["task"]["shots"])
+    return learner, {k: v.detach() for k, v in meta_parameters(model).items()}
 
 
 EVAL_DRAW = 32
@@ -331,9 +335,7 @@ def evaluate(
     if regime(config) == "multiclass" and adapt != "nil":
         raise UserError(f"a multiclass-trained model has no {t['ways']}-way head: evaluate it with --adapt nil")
     model = trained_model(config, model_state, test)
-    params = {k: v.detach() for k, v in meta_parameters(model).items()}
-    lrs = evaluation_step_sizes(config, inner_steps)
-    learner = None if adapt == "nil" else evaluation_learner(config, model, adapt, lrs)
+    learner, params = (None, None) if adapt == "nil" else evaluation_learner(config, model, adapt, inner_steps)
     per_task = []
     chunk = max(config["training"]["meta_batch_size"], 1)
     for start in range(0, tasks, EVAL_DRAW):
@@ -355,7 +357,7 @@ def evaluate(
         "accuracy": acc.mean().item(),
         "ci95": ci,
         "inner_steps": 0 if adapt == "nil" else inner_steps,
-        "inner_lrs": [] if adapt == "nil" else lrs,
+        "inner_lrs": [] if learner is None else learner.lrs,
         "seed": seed,
         "ways": t["ways"],
         "shots": t["shots"],
@@ -387,9 +389,8 @@ def capture(config: dict[str, Any], state: dict[str, Any], probe: Task, spec: st
     torch.set_num_threads(config["training"]["torch_threads"])
     test = load_splits(config, config["data"]["root"], ("test",))["test"]
     model = trained_model(config, checkpoint_part(state["model"], "model"), test)
-    params = {k: v.detach() for k, v in meta_parameters(model).items()}
-    lrs = evaluation_step_sizes(config, config["evaluation"]["inner_steps"])
-    learner = evaluation_learner(config, model, config["adaptation"]["spec"] if spec is None else spec, lrs)
+    spec = config["adaptation"]["spec"] if spec is None else spec
+    learner, params = evaluation_learner(config, model, spec, config["evaluation"]["inner_steps"])
     as_lists = lambda d: {k: list(v.double().numpy()) for k, v in d.items()}  # noqa: E731
     with torch.no_grad():
         pre = as_lists(learner.run(params, probe.query_x, "layers"))
