@@ -29,8 +29,9 @@ def _kind_module(kind: str):
     return mod
 
 
-# What `train --resume DIR --set ...` may change: how long to train and how often to save, not the experiment.
-RESUME_SETTABLE = ("training.iterations", "logging.checkpoint_every", "logging.snapshot_every")
+# What `train --resume DIR --set ...` may change: how long to train, how often to save and how many MuJoCo
+# threads step the batch (each simulation is stepped alone, so the count does not change a bit), not the experiment.
+RESUME_SETTABLE = ("training.iterations", "logging.checkpoint_every", "logging.snapshot_every", "env.settings.nthread")
 
 
 def _at_least(low: int, seed: bool = False) -> Callable[[str], int]:

@@ -121,6 +121,31 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
 
 
+def test_resume_may_change_the_mujoco_thread_count(tmp_path):
+    """A run started beside another on one core continues on two once it is alone, and trains the same bits."""
+    hc = dict(config="configs/rl/halfcheetah_dir_anil.yaml", extra=["env.settings.nthread=1"])
+    full = train(tmp_path, "full", iterations=3, **hc)
+    part = train(tmp_path, "part", iterations=2, **hc)
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(part),
+                "--quiet",
+                "--set",
+                "training.iterations=3",
+                "--set",
+                "env.settings.nthread=2",
+            ]
+        )
+        == 0
+    )
+    assert yaml.safe_load((part / "config.yaml").read_text())["env"]["settings"]["nthread"] == 2
+    sf, sp = policy_state(full), policy_state(part)
+    assert all(torch.equal(sf[k], sp[k]) for k in sf)
+
+
 def test_resume_from_iteration_0_replaces_the_tensorboard_points(tmp_path):
     """Killed before its first periodic checkpoint, a run resumes from its initial state at 0; TensorBoard must
     then show each iteration once, as metrics.jsonl does."""
