@@ -82,7 +82,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # pytorch-maml-rl's first release (HalfCheetahDir-v1: frame skip 5, 200 steps, the raw output clipped
   # to [-1, 1] as the control, 100x100 ReLU), the PyTorch code of the ANIL paper's time; seeds 0 and 1 ran together,
   # then ANIL seed 2 beside MAML seed 0, later seeds 3 and 4 together
-  for s in 0 1 2 3 4 5; do  # seed 5: in results/unfinished/
+  for s in 0 1 2 3 4 5; do
     train hc_dir_anil_v1_s$s configs/rl/halfcheetah_dir_anil_v1.yaml --seed $s --set env.settings.nthread=1
   done
   train hc_dir_maml_v1_s0 configs/rl/halfcheetah_dir_maml_v1.yaml --seed 0 --set env.settings.nthread=1
@@ -106,8 +106,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "HalfCheetah-Direction, seeds 0-2"
   metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100} --out results/figures/halfcheetah_dir_anil_ablations.png \
     --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
-  metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2,3,4} $RUNS/hc_dir_maml_v1_s{0,1} --out results/figures/halfcheetah_dir_v1_curves.png \
-    --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-4, MAML seeds 0-1"
+  metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2,3,4,5} $RUNS/hc_dir_maml_v1_s{0,1} --out results/figures/halfcheetah_dir_v1_curves.png \
+    --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-5, MAML seeds 0-1"
   metarl plot $RUNS/hc_vel_anil_v1_s{0,1} $RUNS/hc_vel_maml_v1_s0 --out results/figures/halfcheetah_vel_v1_curves.png \
     --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting: ANIL seeds 0-1, MAML seed 0"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
