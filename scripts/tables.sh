@@ -93,8 +93,9 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   # which layer the inner loop changes most, over every HalfCheetah MAML policy (reads metarl analyze's
   # JSON in results/analysis/, made by scripts/paper_runs.sh halfcheetah)
   A=results/analysis
-  table rl_similarity_1step py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s? $A/hc_dir_maml_rllab_s?
-  table rl_similarity_3steps py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s?_3steps $A/hc_dir_maml_rllab_s?_3steps
+  table rl_similarity_1step py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s? $A/hc_dir_maml_rllab_s? $A/hc_{dir,vel}_maml_v1_s?
+  table rl_similarity_3steps py scripts/layer_ranges.py $A/hc_{dir,vel}_maml_s?_3steps $A/hc_dir_maml_rllab_s?_3steps \
+    $A/hc_{dir,vel}_maml_v1_s?_3steps
 fi
 
 if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
