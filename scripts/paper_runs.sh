@@ -107,8 +107,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "HalfCheetah-Direction, seeds 0-2"
   metarl plot $RUNS/hc_dir_anil_s0{,_fixedstd,_lr05,_relu100} --out results/figures/halfcheetah_dir_anil_ablations.png \
     --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
-  metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2,3,4,5} $RUNS/hc_dir_maml_v1_s{0,1} --out results/figures/halfcheetah_dir_v1_curves.png \
-    --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-5, MAML seeds 0-1"
+  metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2,3,4,5} $RUNS/hc_dir_maml_v1_s{0,1,2} --out results/figures/halfcheetah_dir_v1_curves.png \
+    --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-5, MAML seeds 0-2"
   metarl plot $RUNS/hc_vel_anil_v1_s{0,1} $RUNS/hc_vel_maml_v1_s0 --out results/figures/halfcheetah_vel_v1_curves.png \
     --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting: ANIL seeds 0-1, MAML seed 0"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
