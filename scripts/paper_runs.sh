@@ -96,6 +96,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
     train hc_vel_${m}_v1_s0 configs/rl/halfcheetah_vel_${m}_v1.yaml --seed 0 --set env.settings.nthread=1
   done
   train hc_vel_anil_v1_s1 configs/rl/halfcheetah_vel_anil_v1.yaml --seed 1 --set env.settings.nthread=1
+  train hc_vel_maml_v1_s1 configs/rl/halfcheetah_vel_maml_v1.yaml --seed 1 --set env.settings.nthread=2  # alone; in results/unfinished/
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3} hc_dir_maml_v1_s{0,1,2} hc_vel_maml_v1_s0; do  # before tables.sh
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
