@@ -81,7 +81,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   # pytorch-maml-rl's first release (HalfCheetahDir-v1: frame skip 5, 200 steps, the raw output clipped
   # to [-1, 1] as the control, 100x100 ReLU), the PyTorch code of the ANIL paper's time; seeds 0 and 1 ran together,
-  # then ANIL seed 2 beside MAML seed 0, later seeds 3 and 4 together
+  # then ANIL seed 2 beside MAML seed 0, later seeds 3 and 4 together, seed 5 beside MAML seed 2
   for s in 0 1 2 3 4 5; do
     train hc_dir_anil_v1_s$s configs/rl/halfcheetah_dir_anil_v1.yaml --seed $s --set env.settings.nthread=1
   done

@@ -126,21 +126,8 @@ def test_resume_may_change_the_mujoco_thread_count(tmp_path):
     hc = dict(config="configs/rl/halfcheetah_dir_anil.yaml", extra=["env.settings.nthread=1"])
     full = train(tmp_path, "full", iterations=3, **hc)
     part = train(tmp_path, "part", iterations=2, **hc)
-    assert (
-        main(
-            [
-                "train",
-                "--resume",
-                str(part),
-                "--quiet",
-                "--set",
-                "training.iterations=3",
-                "--set",
-                "env.settings.nthread=2",
-            ]
-        )
-        == 0
-    )
+    resume = ["train", "--resume", str(part), "--quiet", "--set", "training.iterations=3"]
+    assert main([*resume, "--set", "env.settings.nthread=2"]) == 0
     assert yaml.safe_load((part / "config.yaml").read_text())["env"]["settings"]["nthread"] == 2
     sf, sp = policy_state(full), policy_state(part)
     assert all(torch.equal(sf[k], sp[k]) for k in sf)
