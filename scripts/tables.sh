@@ -99,13 +99,19 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
-  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU): Direction ANIL seeds 0-2,
-  # MAML seed 0, ANIL seed 0 with the post batch's baseline fitted on the pre batch (_prebase); Velocity seed 0
+  # pytorch-maml-rl's first release (frame skip 5, 200 steps, raw clipped control, 100x100 ReLU): Direction ANIL seeds 0-5,
+  # MAML seeds 0-2, ANIL seed 0 with the post batch's baseline fitted on the pre batch (_prebase), ANIL seed 2 on to
+  # 1,000 iterations (_1000); Velocity ANIL and MAML seeds 0-1
   v1=($R/hc_dir_{anil,maml}_v1_s? $R/hc_dir_anil_v1_s0_prebase)
   v1vel=($R/hc_vel_{anil,maml}_v1_s?)
   table hc_dir_v1 metarl summarize $R/hc_dir_anil_v1_s? "${E[@]}"
   table hc_dir_maml_v1 metarl summarize $R/hc_dir_maml_v1_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_anil_v1_prebase metarl summarize $R/hc_dir_anil_v1_s0_prebase "${E[@]}"
+  table hc_dir_anil_v1_s2_1000 metarl summarize $R/hc_dir_anil_v1_s2_1000 "${E[@]}"
+  table hc_dir_anil_v1_s2_1000_3steps metarl evaluate $R/hc_dir_anil_v1_s2_1000 --tasks 40 --inner-steps 3
+  table hc_dir_anil_v1_s2_1000_curves py scripts/window_means.py $R/hc_dir_anil_v1_s2_1000
+  table hc_dir_anil_v1_s2_1000_line_search py scripts/window_means.py $R/hc_dir_anil_v1_s2_1000 $R/hc_dir_anil_v1_s{1,4} \
+    --key line_search_steps --width 100
   table hc_vel_v1 metarl summarize "${v1vel[@]}" "${E[@]}"
   table hc_vel_maml_v1 metarl summarize $R/hc_vel_maml_v1_s? "${E[@]}" --adapt full --adapt head
   for run in "${v1[@]}" "${v1vel[@]}"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
