@@ -91,12 +91,16 @@ if [[ $what == halfcheetah || $what == all ]]; then
   # seed 0, which stalled, again with that release's last detail: the post batch's baseline fitted on the pre batch
   train hc_dir_anil_v1_s0_prebase configs/rl/halfcheetah_dir_anil_v1.yaml --seed 0 --set env.settings.nthread=1 \
     --set training.post_baseline=pre
+  # seed 2, whose return fell from its peak, on to 1,000 iterations as that release's README command ran
+  # (here its 500-iteration run resumed with --set training.iterations=1000, beside MAML-Velocity seed 1: the same bits)
+  train hc_dir_anil_v1_s2_1000 configs/rl/halfcheetah_dir_anil_v1.yaml --seed 2 --set env.settings.nthread=1 \
+    --set training.iterations=1000
   # Velocity in that release's setting too (HalfCheetahVel-v1, goals uniform in [0, 2]), ANIL beside MAML
   for m in anil maml; do
     train hc_vel_${m}_v1_s0 configs/rl/halfcheetah_vel_${m}_v1.yaml --seed 0 --set env.settings.nthread=1
   done
   train hc_vel_anil_v1_s1 configs/rl/halfcheetah_vel_anil_v1.yaml --seed 1 --set env.settings.nthread=1
-  train hc_vel_maml_v1_s1 configs/rl/halfcheetah_vel_maml_v1.yaml --seed 1 --set env.settings.nthread=2  # alone; in results/unfinished/
+  train hc_vel_maml_v1_s1 configs/rl/halfcheetah_vel_maml_v1.yaml --seed 1 --set env.settings.nthread=2  # alone, then beside ANIL seed 2's 1,000
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3} hc_dir_maml_v1_s{0,1,2} hc_vel_maml_v1_s0; do  # before tables.sh
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
@@ -110,8 +114,8 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
   metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2,3,4,5} $RUNS/hc_dir_maml_v1_s{0,1,2} --out results/figures/halfcheetah_dir_v1_curves.png \
     --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-5, MAML seeds 0-2"
-  metarl plot $RUNS/hc_vel_anil_v1_s{0,1} $RUNS/hc_vel_maml_v1_s0 --out results/figures/halfcheetah_vel_v1_curves.png \
-    --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting: ANIL seeds 0-1, MAML seed 0"
+  metarl plot $RUNS/hc_vel_anil_v1_s{0,1} $RUNS/hc_vel_maml_v1_s{0,1} --out results/figures/halfcheetah_vel_v1_curves.png \
+    --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting: ANIL seeds 0-1, MAML seeds 0-1"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \
     --title "HalfCheetah-Velocity, seeds 0-2 (40 tasks x 20 trajectories per iteration)"
 fi
