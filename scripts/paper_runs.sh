@@ -101,7 +101,7 @@ if [[ $what == halfcheetah || $what == all ]]; then
   done
   train hc_vel_anil_v1_s1 configs/rl/halfcheetah_vel_anil_v1.yaml --seed 1 --set env.settings.nthread=1
   train hc_vel_maml_v1_s1 configs/rl/halfcheetah_vel_maml_v1.yaml --seed 1 --set env.settings.nthread=2  # alone, then beside ANIL seed 2's 1,000
-  for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3} hc_dir_maml_v1_s{0,1,2} hc_vel_maml_v1_s0; do  # before tables.sh
+  for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3} hc_dir_maml_v1_s{0,1,2} hc_vel_maml_v1_s{0,1}; do  # before tables.sh
     metarl analyze $RUNS/$run --tasks 8 --out results/analysis/$run
     metarl analyze $RUNS/$run --tasks 8 --inner-steps 3 --out results/analysis/${run}_3steps
   done
