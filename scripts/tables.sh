@@ -108,13 +108,14 @@ if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
   table hc_dir_maml_v1 metarl summarize $R/hc_dir_maml_v1_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_anil_v1_prebase metarl summarize $R/hc_dir_anil_v1_s0_prebase "${E[@]}"
   table hc_dir_anil_v1_s2_1000 metarl summarize $R/hc_dir_anil_v1_s2_1000 "${E[@]}"
-  table hc_dir_anil_v1_s2_1000_3steps metarl evaluate $R/hc_dir_anil_v1_s2_1000 --tasks 40 --inner-steps 3
   table hc_dir_anil_v1_s2_1000_curves py scripts/window_means.py $R/hc_dir_anil_v1_s2_1000
   table hc_dir_anil_v1_s2_1000_line_search py scripts/window_means.py $R/hc_dir_anil_v1_s2_1000 $R/hc_dir_anil_v1_s{1,4} \
     --key line_search_steps --width 100
   table hc_vel_v1 metarl summarize "${v1vel[@]}" "${E[@]}"
   table hc_vel_maml_v1 metarl summarize $R/hc_vel_maml_v1_s? "${E[@]}" --adapt full --adapt head
-  for run in "${v1[@]}" "${v1vel[@]}"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
+  for run in "${v1[@]}" $R/hc_dir_anil_v1_s2_1000 "${v1vel[@]}"; do
+    table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
+  done
   table hc_dir_v1_curves py scripts/window_means.py "${v1[@]}"
   table hc_vel_v1_curves py scripts/window_means.py "${v1vel[@]}"
   by_task_tables "${v1[@]}" "${v1vel[@]}"
