@@ -4,8 +4,9 @@
 # RUNS defaults to the committed checkpoints in results/runs/. `trends` evaluates training
 # snapshots, which results/runs/ leaves out for size: give it the run directories that
 # scripts/paper_runs.sh trains (`scripts/tables.sh trends runs`).
-# Usage: scripts/tables.sh [nav|halfcheetah|rllab|v1|omniglot|trends|all] [RUNS]
-# (rllab, v1: only the HalfCheetah tables of Finn et al.'s rllab setting, of pytorch-maml-rl v1's; halfcheetah includes both)
+# Usage: scripts/tables.sh [nav|halfcheetah|rllab|v1|h200|omniglot|trends|all] [RUNS]
+# (rllab, v1, h200: only the HalfCheetah tables of Finn et al.'s rllab setting, of pytorch-maml-rl v1's, of the reference
+# setting with 200-step episodes; halfcheetah includes all three)
 # (METARL_DATA: the folder holding omniglot/, default ../shared/data)
 set -euo pipefail
 shopt -s nullglob  # a pattern that matches nothing is an error below, not a literal path
@@ -119,6 +120,15 @@ if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
   table hc_dir_v1_curves py scripts/window_means.py "${v1[@]}"
   table hc_vel_v1_curves py scripts/window_means.py "${v1vel[@]}"
   by_task_tables "${v1[@]}" "${v1vel[@]}"
+fi
+
+if [[ $what == halfcheetah || $what == h200 || $what == all ]]; then
+  # the reference setting with 200-step episodes (--set env.horizon=200): ANIL-Direction seeds 0-1
+  h200=($R/hc_dir_anil_h200_s?)
+  table hc_dir_anil_h200 metarl summarize "${h200[@]}" "${E[@]}"
+  for run in "${h200[@]}"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
+  table hc_dir_h200_curves py scripts/window_means.py "${h200[@]}" $R/hc_dir_anil_s{0,1}
+  by_task_tables "${h200[@]}"
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
