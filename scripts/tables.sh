@@ -35,6 +35,9 @@ py() { .venv/bin/python "$@"; }
 by_task() {  # by_task RUN ADAPT: per-task-group returns of one evaluation
   metarl evaluate "$1" "${E[@]}" --adapt "$2" --json | py scripts/by_task.py
 }
+steps3_tables() {  # steps3_tables RUN...: each run's return after 0-3 test-time steps (Finn et al.'s protocol) as RUN_3steps
+  for run in "$@"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
+}
 by_task_tables() {  # by_task_tables RUN...: by_task with each run's own adaptation, MAML's with head-only too
   for run in "$@"; do
     specs=(head) && [[ $run == *maml* ]] && specs=(full head)
@@ -57,7 +60,7 @@ fi
 if [[ $what == halfcheetah || $what == all ]]; then
   table hc_table2 metarl summarize $R/hc_{dir,vel}_{anil,maml}_s? "${E[@]}"
   table hc_maml_head_vs_full metarl summarize $R/hc_{dir,vel}_maml_s? "${E[@]}" --adapt full --adapt head
-  table hc_dir_anil_s0_3steps metarl evaluate $R/hc_dir_anil_s0 --tasks 40 --inner-steps 3
+  steps3_tables $R/hc_dir_anil_s0
   # ablation: the log-std fixed in ANIL's inner loop (setups.md leaves it open), seed 0
   table hc_dir_anil_s0_fixedstd metarl evaluate $R/hc_dir_anil_s0_fixedstd "${E[@]}"
   # ablation: a 5x inner step (0.5) for ANIL's head, seed 0, evaluated with the step it trained with
@@ -77,9 +80,7 @@ if [[ $what == halfcheetah || $what == rllab || $what == all ]]; then
   table hc_dir_rllab metarl summarize $R/hc_dir_anil_rllab_s? $R/hc_dir_maml_rllab_s? "${E[@]}"
   # each seed's steps 0-3 and 95% intervals (step 1 repeats hc_dir_rllab's one-step reading); the _rllabenv
   # runs add rllab's observed centre of mass and reset noise (env.settings obs_position, reset_noise)
-  for run in $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s?_rllabenv; do
-    table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
-  done
+  steps3_tables $R/hc_dir_{anil,maml}_rllab_s? $R/hc_dir_anil_rllab_s?_rllabenv
   table hc_dir_maml_rllab metarl summarize $R/hc_dir_maml_rllab_s? "${E[@]}" --adapt full --adapt head
   table hc_dir_rllab_curves py scripts/window_means.py $R/hc_dir_{anil,maml}_rllab_s?
   for s in 2 1; do table hc_dir_anil_rllab_s${s}_clip10 metarl evaluate $R/hc_dir_anil_rllab_s${s}_clip10 "${E[@]}"; done
@@ -114,9 +115,7 @@ if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
     --key line_search_steps --width 100
   table hc_vel_v1 metarl summarize "${v1vel[@]}" "${E[@]}"
   table hc_vel_maml_v1 metarl summarize $R/hc_vel_maml_v1_s? "${E[@]}" --adapt full --adapt head
-  for run in "${v1[@]}" $R/hc_dir_anil_v1_s2_1000 "${v1vel[@]}"; do
-    table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3
-  done
+  steps3_tables "${v1[@]}" $R/hc_dir_anil_v1_s2_1000 "${v1vel[@]}"
   table hc_dir_v1_curves py scripts/window_means.py "${v1[@]}"
   table hc_vel_v1_curves py scripts/window_means.py "${v1vel[@]}"
   by_task_tables "${v1[@]}" "${v1vel[@]}"
@@ -126,7 +125,7 @@ if [[ $what == halfcheetah || $what == h200 || $what == all ]]; then
   # the reference setting with 200-step episodes (--set env.horizon=200): ANIL-Direction seeds 0-1
   h200=($R/hc_dir_anil_h200_s?)
   table hc_dir_anil_h200 metarl summarize "${h200[@]}" "${E[@]}"
-  for run in "${h200[@]}"; do table "$(basename $run)_3steps" metarl evaluate $run --tasks 40 --inner-steps 3; done
+  steps3_tables "${h200[@]}"
   table hc_dir_h200_curves py scripts/window_means.py "${h200[@]}" $R/hc_dir_anil_s{0,1}
   by_task_tables "${h200[@]}"
 fi
