@@ -122,12 +122,14 @@ if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == h200 || $what == all ]]; then
-  # the reference setting with 200-step episodes (--set env.horizon=200): ANIL-Direction seeds 0-1
+  # the reference setting with 200-step episodes (--set env.horizon=200): ANIL-Direction seeds 0-2, MAML seeds 0-1
   h200=($R/hc_dir_anil_h200_s?)
+  mh200=($R/hc_dir_maml_h200_s?)
   table hc_dir_anil_h200 metarl summarize "${h200[@]}" "${E[@]}"
-  steps3_tables "${h200[@]}"
-  table hc_dir_h200_curves py scripts/window_means.py "${h200[@]}" $R/hc_dir_anil_s{0,1}
-  by_task_tables "${h200[@]}"
+  table hc_dir_maml_h200 metarl summarize "${mh200[@]}" "${E[@]}" --adapt full --adapt head
+  steps3_tables "${h200[@]}" "${mh200[@]}"
+  table hc_dir_h200_curves py scripts/window_means.py "${h200[@]}" "${mh200[@]}" $R/hc_dir_anil_s{0,1}
+  by_task_tables "${h200[@]}" "${mh200[@]}"
 fi
 
 if [[ $what == omniglot || $what == all ]]; then
