@@ -102,12 +102,13 @@ if [[ $what == halfcheetah || $what == all ]]; then
   train hc_vel_anil_v1_s1 configs/rl/halfcheetah_vel_anil_v1.yaml --seed 1 --set env.settings.nthread=1
   train hc_vel_maml_v1_s1 configs/rl/halfcheetah_vel_maml_v1.yaml --seed 1 --set env.settings.nthread=2  # alone, then beside ANIL seed 2's 1,000
   # the reference setting (setups.md: 64x64 tanh, the output divided by 10) with the original 200-step episodes,
-  # the one change v1 made that the paper's Velocity scale needs; ANIL seeds 0 and 1 ran side by side, seed 2 after them
-  for s in 0 1 2; do
+  # the one change v1 made that the paper's Velocity scale needs; ANIL seeds 0 and 1 ran side by side, seed 2 after them,
+  # seed 3 beside MAML seed 2
+  for s in 0 1 2 3; do
     train hc_dir_anil_h200_s$s configs/rl/halfcheetah_dir_anil.yaml --seed $s --set env.horizon=200 --set env.settings.nthread=1
   done
-  # MAML there too, for ANIL against MAML on one scale (seeds 0 and 1 side by side)
-  for s in 0 1; do
+  # MAML there too, for ANIL against MAML on one scale (seeds 0 and 1 side by side, seed 2 alone then beside ANIL seed 3)
+  for s in 0 1 2; do
     train hc_dir_maml_h200_s$s configs/rl/halfcheetah_dir_maml.yaml --seed $s --set env.horizon=200 --set env.settings.nthread=1
   done
   for run in hc_{dir,vel}_maml_s{0,1,2} hc_dir_maml_rllab_s{0,1,2,3} hc_dir_maml_v1_s{0,1,2} hc_vel_maml_v1_s{0,1}; do  # before tables.sh
@@ -123,10 +124,10 @@ if [[ $what == halfcheetah || $what == all ]]; then
     --title "ANIL HalfCheetah-Dir seed 0: default, fixed log-std, step 0.5, ReLU 100x100"
   metarl plot $RUNS/hc_dir_anil_v1_s{0,1,2,3,4,5} $RUNS/hc_dir_maml_v1_s{0,1,2} --out results/figures/halfcheetah_dir_v1_curves.png \
     --title "HalfCheetah-Dir, pytorch-maml-rl v1's setting: ANIL seeds 0-5, MAML seeds 0-2"
-  metarl plot $RUNS/hc_dir_anil_h200_s{0,1,2} $RUNS/hc_dir_anil_s{0,1,2} --out results/figures/halfcheetah_dir_h200_curves.png \
-    --title "HalfCheetah-Dir ANIL, reference setting: 200-step episodes (seeds 0-2) and 100 (seeds 0-2)"
-  metarl plot $RUNS/hc_dir_anil_h200_s{0,1,2} $RUNS/hc_dir_maml_h200_s{0,1} --out results/figures/halfcheetah_dir_h200_anil_vs_maml.png \
-    --title "HalfCheetah-Dir, reference setting with 200-step episodes: ANIL seeds 0-2, MAML seeds 0-1"
+  metarl plot $RUNS/hc_dir_anil_h200_s{0,1,2,3} $RUNS/hc_dir_anil_s{0,1,2} --out results/figures/halfcheetah_dir_h200_curves.png \
+    --title "HalfCheetah-Dir ANIL, reference setting: 200-step episodes (seeds 0-3) and 100 (seeds 0-2)"
+  metarl plot $RUNS/hc_dir_anil_h200_s{0,1,2,3} $RUNS/hc_dir_maml_h200_s{0,1,2} --out results/figures/halfcheetah_dir_h200_anil_vs_maml.png \
+    --title "HalfCheetah-Dir, reference setting with 200-step episodes: ANIL seeds 0-3, MAML seeds 0-2"
   metarl plot $RUNS/hc_vel_anil_v1_s{0,1} $RUNS/hc_vel_maml_v1_s{0,1} --out results/figures/halfcheetah_vel_v1_curves.png \
     --title "HalfCheetah-Vel, pytorch-maml-rl v1's setting: ANIL seeds 0-1, MAML seeds 0-1"
   metarl plot $RUNS/hc_vel_anil_s{0,1,2} $RUNS/hc_vel_maml_s{0,1,2} --out results/figures/halfcheetah_vel_curves.png \

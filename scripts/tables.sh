@@ -122,7 +122,7 @@ if [[ $what == halfcheetah || $what == v1 || $what == all ]]; then
 fi
 
 if [[ $what == halfcheetah || $what == h200 || $what == all ]]; then
-  # the reference setting with 200-step episodes (--set env.horizon=200): ANIL-Direction seeds 0-2, MAML seeds 0-1
+  # the reference setting with 200-step episodes (--set env.horizon=200): ANIL-Direction seeds 0-3, MAML seeds 0-2
   h200=($R/hc_dir_anil_h200_s?)
   mh200=($R/hc_dir_maml_h200_s?)
   table hc_dir_anil_h200 metarl summarize "${h200[@]}" "${E[@]}"
